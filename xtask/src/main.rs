@@ -1,0 +1,44 @@
+//! `cargo xtask`: the msp orchestrator.
+//!
+//! A thin command-line layer over the workspace crates: every subcommand parses its
+//! arguments here and calls into the crate that owns the logic (where it is tested).
+//! One module per command family.
+
+use clap::{Parser, Subcommand};
+
+mod features;
+mod text;
+
+#[derive(Parser)]
+#[command(
+    name = "cargo xtask",
+    about = "msp: multi-stage pre-training of LXMERT-S",
+    version
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Region features: convert TSV to a store, show an image, hard-negative pools.
+    Features(features::FeaturesArgs),
+    /// Text: encode with a BERT vocabulary, generate the verb lexicon, test the verb filter.
+    Text(text::TextArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Features(args) => features::run(args),
+        Command::Text(args) => text::run(args),
+    }
+}
