@@ -6,7 +6,9 @@
 
 use clap::{Parser, Subcommand};
 
+mod bench;
 mod features;
+mod model;
 mod text;
 
 #[derive(Parser)]
@@ -24,6 +26,10 @@ struct Cli {
 enum Command {
     /// Region features: convert TSV to a store, show an image, hard-negative pools.
     Features(features::FeaturesArgs),
+    /// The LXMERT(-S) model: parameter counts, forward pass on files.
+    Model(model::ModelArgs),
+    /// Benchmarks (`bench model`).
+    Bench(bench::BenchArgs),
     /// Text: encode with a BERT vocabulary, generate the verb lexicon, test the verb filter.
     Text(text::TextArgs),
 }
@@ -39,6 +45,8 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Features(args) => features::run(args),
+        Command::Model(args) => model::run(args),
+        Command::Bench(args) => bench::run(args),
         Command::Text(args) => text::run(args),
     }
 }

@@ -1,0 +1,277 @@
+//! Throughput measurement on synthetic batches (forward and training step), and the
+//! pre-training loss used for it.
+
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+
+use crate::config::{Config, Variant};
+use crate::error::Result;
+use crate::loss::{bce_with_logits, cross_entropy, kept_rows, smooth_l1};
+use crate::lxmert::LxmertInputs;
+use crate::model::Lxmert;
+
+/// A random pre-training batch with every label the pre-training heads need.
+#[derive(Debug, Clone)]
+pub struct SyntheticBatch {
+    /// `[B, L]` u32 (first token = `cls_token_id`).
+    pub input_ids: Tensor,
+    /// `[B, L]` u32 ones.
+    pub attention_mask: Tensor,
+    /// `[B, L]` u32: 0 on the first half of each row, 1 on the second (so both token-type rows
+    /// are used; row 0 gets no gradient, as `padding_idx=0`).
+    pub token_type_ids: Tensor,
+    /// `[B, N, F]` f32.
+    pub visual_feats: Tensor,
+    /// `[B, N, 4]` f32 boxes in [0, 1].
+    pub visual_pos: Tensor,
+    /// `[B, L]` i64: token id at masked positions (≈ 15%, at least one per row), −1 elsewhere.
+    pub mlm_labels: Tensor,
+    /// `[B]` u32 ITM labels.
+    pub itm_labels: Tensor,
+    /// `[B·N]` u32 object classes.
+    pub obj_labels: Tensor,
+    /// `[B·N]` u32 attribute classes.
+    pub attr_labels: Tensor,
+    /// `[B]` u32 answers (QA head).
+    pub answers: Tensor,
+    /// `[B, V]` f32 multi-hot topic targets.
+    pub topic: Tensor,
+}
+
+impl SyntheticBatch {
+    /// Draws a batch of `batch` examples, `len` tokens, `regions` boxes from `seed`.
+    pub fn new(
+        cfg: &Config,
+        batch: usize,
+        len: usize,
+        regions: usize,
+        seed: u64,
+        dev: &Device,
+    ) -> Result<Self> {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let v = cfg.vocab_size as u32;
+        let mut ids = Vec::with_capacity(batch * len);
+        let mut mlm = Vec::with_capacity(batch * len);
+        for _ in 0..batch {
+            let forced = rng.random_range(1..len.max(2));
+            for j in 0..len {
+                let id = if j == 0 {
+                    cfg.cls_token_id as u32
+                } else {
+                    rng.random_range(1..v)
+                };
+                ids.push(id);
+                let masked = j > 0 && (j == forced || rng.random::<f32>() < 0.15);
+                mlm.push(if masked { i64::from(id) } else { -1 });
+            }
+        }
+        let f = cfg.visual_feat_dim;
+        let feats: Vec<f32> = (0..batch * regions * f)
+            .map(|_| rng.random::<f32>())
+            .collect();
+        let boxes: Vec<f32> = (0..batch * regions)
+            .flat_map(|_| {
+                let (x1, y1) = (rng.random::<f32>() * 0.5, rng.random::<f32>() * 0.5);
+                [x1, y1, x1 + 0.5, y1 + 0.5]
+            })
+            .collect();
+        let nq = cfg.num_qa_labels.max(1) as u32;
+        let topic: Vec<f32> = (0..batch * cfg.vocab_size)
+            .map(|_| if rng.random::<f32>() < 0.01 { 1.0 } else { 0.0 })
+            .collect();
+        Ok(Self {
+            input_ids: Tensor::from_vec(ids, (batch, len), dev)?,
+            attention_mask: Tensor::ones((batch, len), DType::U32, dev)?,
+            token_type_ids: Tensor::from_vec(
+                (0..batch * len)
+                    .map(|i| u32::from(i % len >= len / 2))
+                    .collect(),
+                (batch, len),
+                dev,
+            )?,
+            visual_feats: Tensor::from_vec(feats, (batch, regions, f), dev)?,
+            visual_pos: Tensor::from_vec(boxes, (batch, regions, 4), dev)?,
+            mlm_labels: Tensor::from_vec(mlm, (batch, len), dev)?,
+            itm_labels: Tensor::from_vec(
+                (0..batch).map(|_| rng.random_range(0..2u32)).collect(),
+                batch,
+                dev,
+            )?,
+            obj_labels: Tensor::from_vec(
+                (0..batch * regions)
+                    .map(|_| rng.random_range(0..cfg.num_object_labels.max(1) as u32))
+                    .collect(),
+                batch * regions,
+                dev,
+            )?,
+            attr_labels: Tensor::from_vec(
+                (0..batch * regions)
+                    .map(|_| rng.random_range(0..cfg.num_attr_labels.max(1) as u32))
+                    .collect(),
+                batch * regions,
+                dev,
+            )?,
+            answers: Tensor::from_vec(
+                (0..batch).map(|_| rng.random_range(0..nq)).collect(),
+                batch,
+                dev,
+            )?,
+            topic: Tensor::from_vec(topic, (batch, cfg.vocab_size), dev)?,
+        })
+    }
+
+    /// The model inputs of this batch.
+    pub fn inputs(&self) -> LxmertInputs<'_> {
+        LxmertInputs {
+            attention_mask: Some(&self.attention_mask),
+            token_type_ids: Some(&self.token_type_ids),
+            ..LxmertInputs::new(&self.input_ids, &self.visual_feats, &self.visual_pos)
+        }
+    }
+}
+
+/// Sum of all pre-training head losses with weight 1: MLM (masked rows only), ITM, visual
+/// obj/attr (CE over all regions) and feat (Smooth-L1), QA (if built) and topic (LXMERT-S).
+/// A benchmark/test loss; the curriculum's task weighting lives in msp-tasks.
+pub fn pretraining_loss(model: &Lxmert, batch: &SyntheticBatch, train: bool) -> Result<Tensor> {
+    let m = model.model();
+    let out = m.forward_t(&batch.inputs(), train)?;
+    let mut loss = cross_entropy(&m.itm.forward(&out.pooled_output)?, &batch.itm_labels)?;
+    if let Some((rows, targets)) = kept_rows(&batch.mlm_labels)? {
+        loss = (loss + cross_entropy(&m.mlm_logits_at(&out, &rows)?, &targets)?)?;
+    }
+    let vis = m.visual_predictions(&out)?;
+    if let Some(obj) = &vis.obj {
+        let c = obj.dim(2)?;
+        loss = (loss + cross_entropy(&obj.reshape(((), c))?, &batch.obj_labels)?)?;
+    }
+    if let Some(attr) = &vis.attr {
+        let c = attr.dim(2)?;
+        loss = (loss + cross_entropy(&attr.reshape(((), c))?, &batch.attr_labels)?)?;
+    }
+    if let Some(feat) = &vis.feat {
+        loss = (loss + smooth_l1(feat, &batch.visual_feats)?.mean_all()?)?;
+    }
+    if let Some(qa) = &m.answer_head {
+        loss = (loss + cross_entropy(&qa.forward(&out.pooled_output)?, &batch.answers)?)?;
+    }
+    if let Some(topic) = &m.topic {
+        loss = (loss + bce_with_logits(&topic.forward(&out.pooled_output)?, &batch.topic)?)?;
+    }
+    Ok(loss)
+}
+
+/// Throughput figures of [`bench_model`].
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchReport {
+    /// Variant measured.
+    pub variant: String,
+    /// Batch size.
+    pub batch: usize,
+    /// Tokens per example.
+    pub text_len: usize,
+    /// Regions per example.
+    pub regions: usize,
+    /// Timed iterations (after one warm-up iteration each).
+    pub iters: usize,
+    /// Forward (eval, backbone and all heads' losses) samples/s.
+    pub forward_samples_per_s: f64,
+    /// Training step (forward with dropout, backward, SGD update) samples/s.
+    pub train_samples_per_s: f64,
+    /// Mean seconds per training step.
+    pub train_step_s: f64,
+    /// Of a training step: seconds in the forward, in the backward, in the update.
+    pub train_forward_s: f64,
+    /// Seconds in `backward()`.
+    pub train_backward_s: f64,
+    /// Seconds in the SGD update.
+    pub train_update_s: f64,
+    /// Peak resident memory of the process (VmHWM), bytes.
+    pub peak_rss_bytes: Option<u64>,
+    /// Parameters of the model.
+    pub params_total: usize,
+}
+
+/// Peak resident set size of this process (`VmHWM` in `/proc/self/status`), bytes.
+pub fn peak_rss_bytes() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// Measures forward and training-step throughput of `cfg` on `dev` (f32) with text length
+/// `len` and `regions` boxes: one warm-up iteration, then `iters` timed ones.
+///
+/// Note: candle 0.11 runs CPU element-wise ops on a pool of threads that spin-wait at a
+/// barrier (`CANDLE_NUM_THREADS`, default = cores). On a machine shared with other busy
+/// processes the spinning costs several times the work (measured: 3× on the tiny config);
+/// `CANDLE_NUM_THREADS=1` keeps matmuls parallel (they use `RAYON_NUM_THREADS`) and runs the
+/// element-wise ops on the calling thread.
+pub fn bench_model(
+    cfg: &Config,
+    variant: Variant,
+    batch: usize,
+    len: usize,
+    regions: usize,
+    iters: usize,
+    dev: &Device,
+) -> Result<BenchReport> {
+    let model = Lxmert::new(cfg, variant, 1, dev)?;
+    let data = SyntheticBatch::new(cfg, batch, len, regions, 2, dev)?;
+    let vars = model.named_vars();
+    let params_total = vars.iter().map(|(_, v)| v.elem_count()).sum();
+    let iters = iters.max(1);
+    let sync = |t: &Tensor| -> Result<f32> { Ok(t.to_dtype(DType::F32)?.to_scalar::<f32>()?) };
+    // Forward.
+    sync(&pretraining_loss(&model, &data, false)?)?;
+    let t0 = Instant::now();
+    for _ in 0..iters {
+        sync(&pretraining_loss(&model, &data, false)?)?;
+    }
+    let fwd = t0.elapsed().as_secs_f64() / iters as f64;
+    // Training step: forward with dropout, backward, plain SGD.
+    let lr = 1e-5;
+    let (mut tf, mut tb, mut tu) = (0.0, 0.0, 0.0);
+    for i in 0..=iters {
+        let a = Instant::now();
+        let loss = pretraining_loss(&model, &data, true)?;
+        sync(&loss)?;
+        let b = Instant::now();
+        let grads = loss.backward()?;
+        let c = Instant::now();
+        for (_, var) in &vars {
+            if let Some(g) = grads.get(var) {
+                var.set(&var.as_tensor().sub(&(g * lr)?)?)?;
+            }
+        }
+        sync(&vars[0].1.as_tensor().sum_all()?)?;
+        let d = Instant::now();
+        if i > 0 {
+            tf += (b - a).as_secs_f64();
+            tb += (c - b).as_secs_f64();
+            tu += (d - c).as_secs_f64();
+        }
+    }
+    let n = iters as f64;
+    let step = (tf + tb + tu) / n;
+    Ok(BenchReport {
+        variant: variant.to_string(),
+        batch,
+        text_len: len,
+        regions,
+        iters,
+        forward_samples_per_s: batch as f64 / fwd,
+        train_samples_per_s: batch as f64 / step,
+        train_step_s: step,
+        train_forward_s: tf / n,
+        train_backward_s: tb / n,
+        train_update_s: tu / n,
+        peak_rss_bytes: peak_rss_bytes(),
+        params_total,
+    })
+}

@@ -1,0 +1,78 @@
+//! LXMERT-S / LXMERT in candle, ready for training.
+//!
+//! This crate is the model of the msp project: the LXMERT backbone (embeddings, visual
+//! feature encoder, language / relationship / cross-modality layers, pooler), its pre-training
+//! heads (MLM, ITM, visual object/attribute/feature, topic, QA) and fine-tuning heads (answer,
+//! NLVR2, retrieval match), with HF parameter names, safetensors checkpoints and the paper's
+//! parameter count. [`Variant::LxmertS`] switches on what the released LXMERT-S code adds:
+//! word-level position ids (fed as `position_ids`), a learned visual [CLS] region with box
+//! (0,0,1,1), the product of a text and a visual tanh pooler, visual heads gated by that
+//! pooled vector, and the topic head. [`Variant::Lxmert`] is HF's `LxmertForPreTraining`.
+//!
+//! Key design choice: every op has a backward. candle's fused LayerNorm and
+//! `softmax_last_dim` silently drop gradients, so LayerNorm, softmax, GELU, dropout and the
+//! losses here are built from primitive ops, and a test checks that one training step gives
+//! every variable a finite, non-zero gradient. Random numbers (init, dropout) come from our own
+//! seeded RNG, so runs are reproducible on CPU. Modules follow candle-transformers' `bert.rs`
+//! (one struct per HF submodule, `load(vb, cfg)` with `vb.pp(<HF name>)`), so variable names
+//! equal checkpoint keys by construction, and take `train: bool` in `forward_t`.
+//!
+//! Choices where the references are silent: the visual [CLS] is stored as one vector
+//! `lxmert.visual_cls.weight [visual_feat_dim]` (LXMERT-S keeps a whole `[vocab, 2048]` table
+//! `bert.word_embeddings` of which only the [CLS] row is used; the loader takes that row);
+//! the second pooler is `lxmert.pooler_f`; the additive mask value is −10000 (LXMERT; HF's
+//! dtype minimum gives the same f32 probabilities); row 0 of each embedding table gets no
+//! gradient (`padding_idx=0`, as LXMERT and HF), switchable with
+//! [`Config::freeze_padding_rows`].
+//!
+//! ```
+//! use candle_core::{Device, Tensor};
+//! use msp_model::{Config, Lxmert, LxmertInputs, Variant};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let cfg = Config::tiny();
+//! let dev = Device::Cpu;
+//! let model = Lxmert::new(&cfg, Variant::LxmertS, 42, &dev)?;
+//! let ids = Tensor::new(&[[2u32, 7, 9, 3]], &dev)?;
+//! let feats = Tensor::zeros((1, 5, cfg.visual_feat_dim), candle_core::DType::F32, &dev)?;
+//! let boxes = Tensor::zeros((1, 5, 4), candle_core::DType::F32, &dev)?;
+//! let out = model.model().forward_t(&LxmertInputs::new(&ids, &feats, &boxes), false)?;
+//! assert_eq!(out.language_output.dims(), &[1, 4, cfg.hidden_size]);
+//! assert_eq!(out.vision_output.dims(), &[1, 6, cfg.hidden_size]); // visual [CLS] + 5 regions
+//! assert_eq!(out.pooled_output.dims(), &[1, cfg.hidden_size]);
+//! # Ok(()) }
+//! ```
+#![deny(missing_docs)]
+
+mod bench;
+mod checkpoint;
+mod config;
+mod error;
+mod heads;
+mod io;
+mod loss;
+mod lxmert;
+mod model;
+mod nn;
+
+pub use bench::{bench_model, peak_rss_bytes, pretraining_loss, BenchReport, SyntheticBatch};
+pub use checkpoint::{
+    copy_prefix, describe, init_embeddings_from_bert, load_safetensors, load_tensors, map_key,
+    read_safetensors, save_varmap, write_safetensors, BertSource, DtypeMismatch, LoadOptions,
+    LoadReport, ShapeMismatch, TIED_DECODER_KEY,
+};
+pub use config::{Config, Variant};
+pub use error::{ModelError, Result};
+pub use heads::{
+    AnswerHead, LogitFc, LxmertForPreTraining, MatchHead, MlmHead, Nlvr2Head,
+    PredictionHeadTransform, TopicHead, VisualObjHead, VisualPredictions,
+};
+pub use io::{forward_files, ForwardReport};
+pub use loss::{bce_with_logits, cross_entropy, kept_rows, masked_cross_entropy, smooth_l1};
+pub use lxmert::{
+    AttentionLayer, DenseResidualNorm, FeedForward, LxmertAttention, LxmertEmbeddings,
+    LxmertEncoder, LxmertInputs, LxmertLayer, LxmertModel, LxmertOutput, LxmertPooler,
+    LxmertXLayer, VisualFeatureEncoder, MASK_VALUE,
+};
+pub use model::{build_with, module_of, param_count, seeded_var_builder, Lxmert, ParamCount};
+pub use nn::{gelu, Dropout, DropoutRng, Embedding, LayerNorm, Linear};

@@ -1,0 +1,676 @@
+//! The LXMERT / LXMERT-S backbone: embeddings, visual feature encoder, language /
+//! relationship / cross layers, pooler(s).
+//!
+//! One struct per HF submodule (`modeling_lxmert.py`), each built by `load(vb, cfg)` with
+//! `vb.pp(<HF attribute name>)`, so variable names equal checkpoint keys by construction.
+
+use candle_core::{DType, Device, Module, Result, Tensor, D};
+use candle_nn::VarBuilder;
+
+use crate::config::{Config, Variant};
+use crate::nn::{gelu, Dropout, DropoutRng, Embedding, LayerNorm, Linear};
+
+/// Additive value for masked attention positions (original LXMERT; HF uses the dtype minimum,
+/// which gives the same f32 probabilities: both underflow to exactly 0 after `exp`).
+pub const MASK_VALUE: f64 = -10000.0;
+
+/// `lxmert.embeddings`: word + position + token type → LayerNorm → dropout.
+#[derive(Debug, Clone)]
+pub struct LxmertEmbeddings {
+    word_embeddings: Embedding,
+    position_embeddings: Embedding,
+    token_type_embeddings: Embedding,
+    layer_norm: LayerNorm,
+    dropout: Dropout,
+}
+
+impl LxmertEmbeddings {
+    /// Builds under `vb` (= `lxmert.embeddings`).
+    pub fn load(vb: VarBuilder<'_>, cfg: &Config, rng: &DropoutRng) -> Result<Self> {
+        let (h, std, fz) = (
+            cfg.hidden_size,
+            cfg.initializer_range,
+            cfg.freeze_padding_rows,
+        );
+        Ok(Self {
+            word_embeddings: Embedding::load(vb.pp("word_embeddings"), cfg.vocab_size, h, std, fz)?,
+            position_embeddings: Embedding::load(
+                vb.pp("position_embeddings"),
+                cfg.max_position_embeddings,
+                h,
+                std,
+                fz,
+            )?,
+            token_type_embeddings: Embedding::load(
+                vb.pp("token_type_embeddings"),
+                cfg.type_vocab_size,
+                h,
+                std,
+                fz,
+            )?,
+            layer_norm: LayerNorm::load(vb.pp("LayerNorm"), h, cfg.layer_norm_eps)?,
+            dropout: Dropout::new(cfg.hidden_dropout_prob, rng),
+        })
+    }
+
+    /// The word-embedding table (tied to the MLM decoder).
+    pub fn word_embeddings(&self) -> &Tensor {
+        self.word_embeddings.weight()
+    }
+
+    /// `ids`, `token_type_ids`, `position_ids`: u32 `[B, L]`.
+    pub fn forward_t(
+        &self,
+        ids: &Tensor,
+        token_type_ids: &Tensor,
+        position_ids: &Tensor,
+        train: bool,
+    ) -> Result<Tensor> {
+        let e = self
+            .word_embeddings
+            .forward(ids)?
+            .add(&self.position_embeddings.forward(position_ids)?)?
+            .add(&self.token_type_embeddings.forward(token_type_ids)?)?;
+        self.dropout.forward_t(&self.layer_norm.forward(&e)?, train)
+    }
+}
+
+/// `LxmertAttention`: multi-head scaled dot-product attention (Q from `hidden`, K/V from
+/// `context`), additive mask, softmax, attention dropout.
+#[derive(Debug, Clone)]
+pub struct LxmertAttention {
+    query: Linear,
+    key: Linear,
+    value: Linear,
+    dropout: Dropout,
+    heads: usize,
+    head_dim: usize,
+}
+
+impl LxmertAttention {
+    /// Builds under `vb` (`…att` or `…self`).
+    pub fn load(vb: VarBuilder<'_>, cfg: &Config, rng: &DropoutRng) -> Result<Self> {
+        let (h, std) = (cfg.hidden_size, cfg.initializer_range);
+        Ok(Self {
+            query: Linear::load(vb.pp("query"), h, h, std)?,
+            key: Linear::load(vb.pp("key"), h, h, std)?,
+            value: Linear::load(vb.pp("value"), h, h, std)?,
+            dropout: Dropout::new(cfg.attention_probs_dropout_prob, rng),
+            heads: cfg.num_attention_heads,
+            head_dim: cfg.head_dim(),
+        })
+    }
+
+    fn split(&self, x: &Tensor) -> Result<Tensor> {
+        let (b, l, _) = x.dims3()?;
+        x.reshape((b, l, self.heads, self.head_dim))?
+            .transpose(1, 2)?
+            .contiguous()
+    }
+
+    /// `hidden [B,Lq,H]`, `context [B,Lk,H]`, `mask` additive `[B,1,1,Lk]` → `[B,Lq,H]`.
+    pub fn forward_t(
+        &self,
+        hidden: &Tensor,
+        context: &Tensor,
+        mask: Option<&Tensor>,
+        train: bool,
+    ) -> Result<Tensor> {
+        let (b, lq, h) = hidden.dims3()?;
+        let q = self.split(&self.query.forward(hidden)?)?;
+        let k = self.split(&self.key.forward(context)?)?;
+        let v = self.split(&self.value.forward(context)?)?;
+        let scale = 1.0 / (self.head_dim as f64).sqrt();
+        let mut scores = (q.matmul(&k.t()?)? * scale)?;
+        if let Some(m) = mask {
+            scores = scores.broadcast_add(m)?;
+        }
+        let probs = candle_nn::ops::softmax(&scores, D::Minus1)?;
+        let probs = self.dropout.forward_t(&probs, train)?;
+        probs.matmul(&v)?.transpose(1, 2)?.reshape((b, lq, h))
+    }
+}
+
+/// `LxmertAttentionOutput` / `LxmertOutput`: dense → dropout → LayerNorm(· + residual).
+#[derive(Debug, Clone)]
+pub struct DenseResidualNorm {
+    dense: Linear,
+    layer_norm: LayerNorm,
+    dropout: Dropout,
+}
+
+impl DenseResidualNorm {
+    /// Builds under `vb` (`…output`), `in_dim → hidden`.
+    pub fn load(vb: VarBuilder<'_>, cfg: &Config, in_dim: usize, rng: &DropoutRng) -> Result<Self> {
+        Ok(Self {
+            dense: Linear::load(
+                vb.pp("dense"),
+                in_dim,
+                cfg.hidden_size,
+                cfg.initializer_range,
+            )?,
+            layer_norm: LayerNorm::load(vb.pp("LayerNorm"), cfg.hidden_size, cfg.layer_norm_eps)?,
+            dropout: Dropout::new(cfg.hidden_dropout_prob, rng),
+        })
+    }
+
+    /// `LN(dropout(dense(x)) + residual)`.
+    pub fn forward_t(&self, x: &Tensor, residual: &Tensor, train: bool) -> Result<Tensor> {
+        let y = self.dropout.forward_t(&self.dense.forward(x)?, train)?;
+        self.layer_norm.forward(&y.add(residual)?)
+    }
+}
+
+/// `LxmertCrossAttentionLayer` (`att`, `output`) and `LxmertSelfAttentionLayer` (`self`,
+/// `output`): attention then residual block.
+#[derive(Debug, Clone)]
+pub struct AttentionLayer {
+    att: LxmertAttention,
+    output: DenseResidualNorm,
+}
+
+impl AttentionLayer {
+    /// Builds under `vb`; `att_name` is `"att"` (cross) or `"self"` (self-attention).
+    pub fn load(
+        vb: VarBuilder<'_>,
+        cfg: &Config,
+        att_name: &str,
+        rng: &DropoutRng,
+    ) -> Result<Self> {
+        Ok(Self {
+            att: LxmertAttention::load(vb.pp(att_name), cfg, rng)?,
+            output: DenseResidualNorm::load(vb.pp("output"), cfg, cfg.hidden_size, rng)?,
+        })
+    }
+
+    /// Query `x`, keys/values `ctx`, additive mask over `ctx`.
+    pub fn forward_t(
+        &self,
+        x: &Tensor,
+        ctx: &Tensor,
+        ctx_mask: Option<&Tensor>,
+        train: bool,
+    ) -> Result<Tensor> {
+        let a = self.att.forward_t(x, ctx, ctx_mask, train)?;
+        self.output.forward_t(&a, x, train)
+    }
+}
+
+/// FFN: `intermediate.dense` + GELU, then `output` (dense, dropout, LN with residual).
+#[derive(Debug, Clone)]
+pub struct FeedForward {
+    intermediate: Linear,
+    output: DenseResidualNorm,
+}
+
+impl FeedForward {
+    /// `inter_vb` holds `dense` (H→I), `out_vb` holds `dense` (I→H) and `LayerNorm`.
+    pub fn load(
+        inter_vb: VarBuilder<'_>,
+        out_vb: VarBuilder<'_>,
+        cfg: &Config,
+        rng: &DropoutRng,
+    ) -> Result<Self> {
+        Ok(Self {
+            intermediate: Linear::load(
+                inter_vb.pp("dense"),
+                cfg.hidden_size,
+                cfg.intermediate_size,
+                cfg.initializer_range,
+            )?,
+            output: DenseResidualNorm::load(out_vb, cfg, cfg.intermediate_size, rng)?,
+        })
+    }
+
+    /// `LN(x + dropout(W2 gelu(W1 x)))`.
+    pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let i = gelu(&self.intermediate.forward(x)?)?;
+        self.output.forward_t(&i, x, train)
+    }
+}
+
+/// `LxmertLayer`: a post-LN BERT layer (language `encoder.layer.i` / relationship
+/// `encoder.r_layers.i`).
+#[derive(Debug, Clone)]
+pub struct LxmertLayer {
+    attention: AttentionLayer,
+    ffn: FeedForward,
+}
+
+impl LxmertLayer {
+    /// Builds under `vb` (`…layer.{i}`).
+    pub fn load(vb: VarBuilder<'_>, cfg: &Config, rng: &DropoutRng) -> Result<Self> {
+        Ok(Self {
+            attention: AttentionLayer::load(vb.pp("attention"), cfg, "self", rng)?,
+            ffn: FeedForward::load(vb.pp("intermediate"), vb.pp("output"), cfg, rng)?,
+        })
+    }
+
+    /// Self-attention then FFN.
+    pub fn forward_t(&self, x: &Tensor, mask: Option<&Tensor>, train: bool) -> Result<Tensor> {
+        let a = self.attention.forward_t(x, x, mask, train)?;
+        self.ffn.forward_t(&a, train)
+    }
+}
+
+/// `LxmertXLayer`: shared cross-attention (both directions read the layer inputs), then
+/// per-modality self-attention, then per-modality FFN.
+#[derive(Debug, Clone)]
+pub struct LxmertXLayer {
+    visual_attention: AttentionLayer,
+    lang_self_att: AttentionLayer,
+    visn_self_att: AttentionLayer,
+    lang_ffn: FeedForward,
+    visn_ffn: FeedForward,
+}
+
+impl LxmertXLayer {
+    /// Builds under `vb` (`lxmert.encoder.x_layers.{i}`).
+    pub fn load(vb: VarBuilder<'_>, cfg: &Config, rng: &DropoutRng) -> Result<Self> {
+        Ok(Self {
+            visual_attention: AttentionLayer::load(vb.pp("visual_attention"), cfg, "att", rng)?,
+            lang_self_att: AttentionLayer::load(vb.pp("lang_self_att"), cfg, "self", rng)?,
+            visn_self_att: AttentionLayer::load(vb.pp("visn_self_att"), cfg, "self", rng)?,
+            lang_ffn: FeedForward::load(vb.pp("lang_inter"), vb.pp("lang_output"), cfg, rng)?,
+            visn_ffn: FeedForward::load(vb.pp("visn_inter"), vb.pp("visn_output"), cfg, rng)?,
+        })
+    }
+
+    /// One cross layer on `(lang [B,L,H], visn [B,N,H])`.
+    pub fn forward_t(
+        &self,
+        lang: &Tensor,
+        lang_mask: Option<&Tensor>,
+        visn: &Tensor,
+        visn_mask: Option<&Tensor>,
+        train: bool,
+    ) -> Result<(Tensor, Tensor)> {
+        let l = self
+            .visual_attention
+            .forward_t(lang, visn, visn_mask, train)?;
+        let v = self
+            .visual_attention
+            .forward_t(visn, lang, lang_mask, train)?;
+        let l = self.lang_self_att.forward_t(&l, &l, lang_mask, train)?;
+        let v = self.visn_self_att.forward_t(&v, &v, visn_mask, train)?;
+        Ok((
+            self.lang_ffn.forward_t(&l, train)?,
+            self.visn_ffn.forward_t(&v, train)?,
+        ))
+    }
+}
+
+/// `LxmertVisualFeatureEncoder` (`encoder.visn_fc`): `(LN(W_f f) + LN(W_b box)) / 2` → dropout.
+#[derive(Debug, Clone)]
+pub struct VisualFeatureEncoder {
+    visn_fc: Linear,
+    visn_layer_norm: LayerNorm,
+    box_fc: Linear,
+    box_layer_norm: LayerNorm,
+    dropout: Dropout,
+}
+
+impl VisualFeatureEncoder {
+    /// Builds under `vb` (`lxmert.encoder.visn_fc`).
+    pub fn load(vb: VarBuilder<'_>, cfg: &Config, rng: &DropoutRng) -> Result<Self> {
+        let (h, std, eps) = (cfg.hidden_size, cfg.initializer_range, cfg.layer_norm_eps);
+        Ok(Self {
+            visn_fc: Linear::load(vb.pp("visn_fc"), cfg.visual_feat_dim, h, std)?,
+            visn_layer_norm: LayerNorm::load(vb.pp("visn_layer_norm"), h, eps)?,
+            box_fc: Linear::load(vb.pp("box_fc"), cfg.visual_pos_dim, h, std)?,
+            box_layer_norm: LayerNorm::load(vb.pp("box_layer_norm"), h, eps)?,
+            dropout: Dropout::new(cfg.hidden_dropout_prob, rng),
+        })
+    }
+
+    /// `feats [B,N,F]`, `boxes [B,N,4]` → `[B,N,H]`.
+    pub fn forward_t(&self, feats: &Tensor, boxes: &Tensor, train: bool) -> Result<Tensor> {
+        let x = self
+            .visn_layer_norm
+            .forward(&self.visn_fc.forward(feats)?)?;
+        let y = self.box_layer_norm.forward(&self.box_fc.forward(boxes)?)?;
+        self.dropout.forward_t(&((x + y)? * 0.5)?, train)
+    }
+}
+
+/// `LxmertEncoder`: visual feature encoder, language layers, relationship layers, cross layers.
+#[derive(Debug, Clone)]
+pub struct LxmertEncoder {
+    visn_fc: VisualFeatureEncoder,
+    layer: Vec<LxmertLayer>,
+    r_layers: Vec<LxmertLayer>,
+    x_layers: Vec<LxmertXLayer>,
+}
+
+impl LxmertEncoder {
+    /// Builds under `vb` (`lxmert.encoder`).
+    pub fn load(vb: VarBuilder<'_>, cfg: &Config, rng: &DropoutRng) -> Result<Self> {
+        let layers = |name: &str, n: usize| -> Result<Vec<LxmertLayer>> {
+            (0..n)
+                .map(|i| LxmertLayer::load(vb.pp(name).pp(i), cfg, rng))
+                .collect()
+        };
+        Ok(Self {
+            visn_fc: VisualFeatureEncoder::load(vb.pp("visn_fc"), cfg, rng)?,
+            layer: layers("layer", cfg.l_layers)?,
+            r_layers: layers("r_layers", cfg.r_layers)?,
+            x_layers: (0..cfg.x_layers)
+                .map(|i| LxmertXLayer::load(vb.pp("x_layers").pp(i), cfg, rng))
+                .collect::<Result<_>>()?,
+        })
+    }
+
+    /// Runs the encoder on embedded text and raw visual inputs.
+    pub fn forward_t(
+        &self,
+        lang: &Tensor,
+        lang_mask: Option<&Tensor>,
+        feats: &Tensor,
+        boxes: &Tensor,
+        visn_mask: Option<&Tensor>,
+        train: bool,
+    ) -> Result<(Tensor, Tensor)> {
+        let mut v = self.visn_fc.forward_t(feats, boxes, train)?;
+        let mut l = lang.clone();
+        for layer in &self.layer {
+            l = layer.forward_t(&l, lang_mask, train)?;
+        }
+        for layer in &self.r_layers {
+            v = layer.forward_t(&v, visn_mask, train)?;
+        }
+        for layer in &self.x_layers {
+            (l, v) = layer.forward_t(&l, lang_mask, &v, visn_mask, train)?;
+        }
+        Ok((l, v))
+    }
+}
+
+/// `LxmertPooler`: `tanh(dense(x[:, 0]))`.
+#[derive(Debug, Clone)]
+pub struct LxmertPooler {
+    dense: Linear,
+}
+
+impl LxmertPooler {
+    /// Builds under `vb` (`lxmert.pooler` / `lxmert.pooler_f`).
+    pub fn load(vb: VarBuilder<'_>, cfg: &Config) -> Result<Self> {
+        Ok(Self {
+            dense: Linear::load(
+                vb.pp("dense"),
+                cfg.hidden_size,
+                cfg.hidden_size,
+                cfg.initializer_range,
+            )?,
+        })
+    }
+
+    /// `[B,L,H]` → `[B,H]`.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.dense.forward(&x.narrow(1, 0, 1)?.squeeze(1)?)?.tanh()
+    }
+}
+
+/// Inputs of the backbone, with HF names. Integer tensors may be u8/u32/i64; masks any dtype
+/// (1 = attend, 0 = masked).
+#[derive(Debug, Clone, Copy)]
+pub struct LxmertInputs<'a> {
+    /// Word-piece ids `[B, L]`.
+    pub input_ids: &'a Tensor,
+    /// 1 for real tokens, 0 for padding `[B, L]` (all ones when absent).
+    pub attention_mask: Option<&'a Tensor>,
+    /// Segment ids `[B, L]` (zeros when absent).
+    pub token_type_ids: Option<&'a Tensor>,
+    /// Position ids `[B, L]` (word-level for LXMERT-S; `0..L` when absent).
+    pub position_ids: Option<&'a Tensor>,
+    /// Region features `[B, N, visual_feat_dim]`.
+    pub visual_feats: &'a Tensor,
+    /// Normalised boxes `[B, N, visual_pos_dim]`.
+    pub visual_pos: &'a Tensor,
+    /// 1 for real regions, 0 for padded ones `[B, N]` (no mask when absent). With LXMERT-S a
+    /// 1 is prepended for the visual [CLS].
+    pub visual_attention_mask: Option<&'a Tensor>,
+}
+
+impl<'a> LxmertInputs<'a> {
+    /// Inputs with only the required tensors.
+    pub fn new(input_ids: &'a Tensor, visual_feats: &'a Tensor, visual_pos: &'a Tensor) -> Self {
+        Self {
+            input_ids,
+            attention_mask: None,
+            token_type_ids: None,
+            position_ids: None,
+            visual_feats,
+            visual_pos,
+            visual_attention_mask: None,
+        }
+    }
+}
+
+/// Outputs of the backbone.
+#[derive(Debug, Clone)]
+pub struct LxmertOutput {
+    /// `[B, L, H]`.
+    pub language_output: Tensor,
+    /// `[B, N, H]`, or `[B, N+1, H]` with the visual [CLS] first (LXMERT-S).
+    pub vision_output: Tensor,
+    /// `[B, H]`: tanh pooler, or the product of the two poolers (LXMERT-S).
+    pub pooled_output: Tensor,
+}
+
+/// `LxmertModel` (HF) / `LXRTModel` (LXMERT-S): the backbone.
+#[derive(Debug, Clone)]
+pub struct LxmertModel {
+    embeddings: LxmertEmbeddings,
+    encoder: LxmertEncoder,
+    pooler: LxmertPooler,
+    pooler_f: Option<LxmertPooler>,
+    visual_cls: Option<Tensor>,
+    cfg: Config,
+    variant: Variant,
+}
+
+fn to_ids(t: &Tensor, name: &'static str) -> crate::Result<Tensor> {
+    match t.dtype() {
+        DType::U8 | DType::U32 | DType::I64 | DType::I32 | DType::I16 | DType::F32 | DType::F64 => {
+            Ok(t.to_dtype(DType::U32)?)
+        }
+        other => Err(crate::ModelError::Input {
+            name,
+            reason: format!("unsupported dtype {other:?}"),
+        }),
+    }
+}
+
+fn additive_mask(mask: &Tensor, dtype: DType) -> Result<Tensor> {
+    let (b, n) = mask.dims2()?;
+    let m = mask.to_dtype(DType::F32)?;
+    ((m.affine(-1.0, 1.0)? * MASK_VALUE)?)
+        .to_dtype(dtype)?
+        .reshape((b, 1, 1, n))
+}
+
+impl LxmertModel {
+    /// Builds under `vb` (= `lxmert`): `embeddings`, `encoder`, `pooler`, and for LXMERT-S
+    /// `pooler_f` and `visual_cls.weight` (the visual [CLS] feature, `[visual_feat_dim]`).
+    pub fn load(
+        vb: VarBuilder<'_>,
+        cfg: &Config,
+        variant: Variant,
+        rng: &DropoutRng,
+    ) -> Result<Self> {
+        let visual_cls = if variant.visual_cls() {
+            Some(vb.pp("visual_cls").get_with_hints(
+                cfg.visual_feat_dim,
+                "weight",
+                candle_nn::Init::Randn {
+                    mean: 0.,
+                    stdev: cfg.initializer_range,
+                },
+            )?)
+        } else {
+            None
+        };
+        Ok(Self {
+            embeddings: LxmertEmbeddings::load(vb.pp("embeddings"), cfg, rng)?,
+            encoder: LxmertEncoder::load(vb.pp("encoder"), cfg, rng)?,
+            pooler: LxmertPooler::load(vb.pp("pooler"), cfg)?,
+            pooler_f: if variant.product_pooler() {
+                Some(LxmertPooler::load(vb.pp("pooler_f"), cfg)?)
+            } else {
+                None
+            },
+            visual_cls,
+            cfg: cfg.clone(),
+            variant,
+        })
+    }
+
+    /// The word-embedding table (tied to the MLM decoder).
+    pub fn word_embeddings(&self) -> &Tensor {
+        self.embeddings.word_embeddings()
+    }
+
+    /// The variant this backbone was built as.
+    pub fn variant(&self) -> Variant {
+        self.variant
+    }
+
+    /// Runs the backbone; `train` switches dropout on.
+    pub fn forward_t(&self, inputs: &LxmertInputs<'_>, train: bool) -> crate::Result<LxmertOutput> {
+        let cfg = &self.cfg;
+        let ids = to_ids(inputs.input_ids, "input_ids")?;
+        let (b, l) = ids.dims2().map_err(|e| crate::ModelError::Input {
+            name: "input_ids",
+            reason: e.to_string(),
+        })?;
+        let dev = ids.device().clone();
+        let check2 =
+            |t: &Tensor, name: &'static str, rows: usize, cols: usize| -> crate::Result<()> {
+                if t.dims() != [rows, cols] {
+                    return Err(crate::ModelError::Input {
+                        name,
+                        reason: format!("shape {:?}, expected [{rows}, {cols}]", t.dims()),
+                    });
+                }
+                Ok(())
+            };
+        if l > cfg.max_position_embeddings {
+            return Err(crate::ModelError::Input {
+                name: "input_ids",
+                reason: format!(
+                    "length {l} exceeds max_position_embeddings {}",
+                    cfg.max_position_embeddings
+                ),
+            });
+        }
+        let tt = match inputs.token_type_ids {
+            Some(t) => {
+                check2(t, "token_type_ids", b, l)?;
+                to_ids(t, "token_type_ids")?
+            }
+            None => Tensor::zeros((b, l), DType::U32, &dev)?,
+        };
+        let pos = match inputs.position_ids {
+            Some(t) => {
+                check2(t, "position_ids", b, l)?;
+                to_ids(t, "position_ids")?
+            }
+            None => Tensor::arange(0u32, l as u32, &dev)?
+                .unsqueeze(0)?
+                .broadcast_as((b, l))?
+                .contiguous()?,
+        };
+        let dtype = self.word_embeddings().dtype();
+        let lang_mask = match inputs.attention_mask {
+            Some(m) => {
+                check2(m, "attention_mask", b, l)?;
+                Some(additive_mask(m, dtype)?)
+            }
+            None => None,
+        };
+        let feats = inputs.visual_feats;
+        let boxes = inputs.visual_pos;
+        let (fb, n, fd) = feats.dims3().map_err(|e| crate::ModelError::Input {
+            name: "visual_feats",
+            reason: e.to_string(),
+        })?;
+        if fb != b || fd != cfg.visual_feat_dim {
+            return Err(crate::ModelError::Input {
+                name: "visual_feats",
+                reason: format!(
+                    "shape {:?}, expected [{b}, N, {}]",
+                    feats.dims(),
+                    cfg.visual_feat_dim
+                ),
+            });
+        }
+        if boxes.dims() != [b, n, cfg.visual_pos_dim] {
+            return Err(crate::ModelError::Input {
+                name: "visual_pos",
+                reason: format!(
+                    "shape {:?}, expected [{b}, {n}, {}]",
+                    boxes.dims(),
+                    cfg.visual_pos_dim
+                ),
+            });
+        }
+        let feats = feats.to_dtype(dtype)?;
+        let boxes = boxes.to_dtype(dtype)?;
+        let mut vmask = inputs.visual_attention_mask.cloned();
+        if let Some(m) = &vmask {
+            check2(m, "visual_attention_mask", b, n)?;
+        }
+        let (feats, boxes) = match &self.visual_cls {
+            Some(vcls) => {
+                let c = vcls.reshape((1, 1, cfg.visual_feat_dim))?.broadcast_as((
+                    b,
+                    1,
+                    cfg.visual_feat_dim,
+                ))?;
+                let feats = Tensor::cat(&[&c, &feats], 1)?;
+                // Box (0, 0, 1, 1): the whole image as normalised (x1, y1, x2, y2); any extra
+                // box dimensions are 0.
+                let unit: Vec<f32> = (0..cfg.visual_pos_dim)
+                    .map(|i| if (2..4).contains(&i) { 1.0 } else { 0.0 })
+                    .collect();
+                let unit = Tensor::from_vec(unit, (1, 1, cfg.visual_pos_dim), &dev)?
+                    .to_dtype(dtype)?
+                    .broadcast_as((b, 1, cfg.visual_pos_dim))?;
+                let boxes = Tensor::cat(&[&unit, &boxes], 1)?;
+                if let Some(m) = &vmask {
+                    let ones = Tensor::ones((b, 1), m.dtype(), &dev)?;
+                    vmask = Some(Tensor::cat(&[&ones, m], 1)?);
+                }
+                (feats, boxes)
+            }
+            None => (feats, boxes),
+        };
+        let visn_mask = match &vmask {
+            Some(m) => Some(additive_mask(m, dtype)?),
+            None => None,
+        };
+        let lang = self.embeddings.forward_t(&ids, &tt, &pos, train)?;
+        let (language_output, vision_output) = self.encoder.forward_t(
+            &lang,
+            lang_mask.as_ref(),
+            &feats,
+            &boxes,
+            visn_mask.as_ref(),
+            train,
+        )?;
+        let mut pooled_output = self.pooler.forward(&language_output)?;
+        if let Some(pf) = &self.pooler_f {
+            pooled_output = pooled_output.mul(&pf.forward(&vision_output)?)?;
+        }
+        Ok(LxmertOutput {
+            language_output,
+            vision_output,
+            pooled_output,
+        })
+    }
+
+    /// The device of the model's weights.
+    pub fn device(&self) -> &Device {
+        self.word_embeddings().device()
+    }
+}

@@ -1,0 +1,421 @@
+//! Training-safe building blocks.
+//!
+//! candle's fused LayerNorm and `softmax_last_dim` record no backward (see
+//! CANDLE-TRAINING.md), so everything here is composed of primitive ops that do. Random
+//! numbers (init, dropout) come from our own seeded `rand` RNG because the CPU device cannot be
+//! seeded.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use candle_core::{DType, Device, Module, Result, Shape, Tensor, Var, D};
+use candle_nn::{Init, VarBuilder, VarMap};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use rand_distr::{Distribution, Normal};
+
+/// A linear layer `y = x Wᵀ + b` with BERT init (W ~ N(0, σ), b = 0).
+#[derive(Debug, Clone)]
+pub struct Linear {
+    inner: candle_nn::Linear,
+}
+
+impl Linear {
+    /// Loads/creates `weight [out, in]` and `bias [out]` under `vb`.
+    pub fn load(vb: VarBuilder<'_>, in_dim: usize, out_dim: usize, std: f64) -> Result<Self> {
+        let w = vb.get_with_hints(
+            (out_dim, in_dim),
+            "weight",
+            Init::Randn {
+                mean: 0.,
+                stdev: std,
+            },
+        )?;
+        let b = vb.get_with_hints(out_dim, "bias", Init::Const(0.))?;
+        Ok(Self {
+            inner: candle_nn::Linear::new(w, Some(b)),
+        })
+    }
+
+    /// The weight `[out, in]`.
+    pub fn weight(&self) -> &Tensor {
+        self.inner.weight()
+    }
+}
+
+impl Module for Linear {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.inner.forward(x)
+    }
+}
+
+/// LayerNorm over the last dimension, from primitive ops (mean/variance in f32).
+#[derive(Debug, Clone)]
+pub struct LayerNorm {
+    weight: Tensor,
+    bias: Tensor,
+    eps: f64,
+}
+
+impl LayerNorm {
+    /// Loads/creates `weight` (init 1) and `bias` (init 0) of width `dim`.
+    pub fn load(vb: VarBuilder<'_>, dim: usize, eps: f64) -> Result<Self> {
+        let weight = vb.get_with_hints(dim, "weight", Init::Const(1.))?;
+        let bias = vb.get_with_hints(dim, "bias", Init::Const(0.))?;
+        Ok(Self { weight, bias, eps })
+    }
+}
+
+impl Module for LayerNorm {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let dtype = x.dtype();
+        let x = x.to_dtype(DType::F32)?;
+        let mean = x.mean_keepdim(D::Minus1)?;
+        let xc = x.broadcast_sub(&mean)?;
+        let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
+        let xn = xc.broadcast_div(&(var + self.eps)?.sqrt()?)?;
+        xn.to_dtype(dtype)?
+            .broadcast_mul(&self.weight)?
+            .broadcast_add(&self.bias)
+    }
+}
+
+/// An embedding table with BERT init; optionally row 0 is frozen (PyTorch `padding_idx=0`).
+#[derive(Debug, Clone)]
+pub struct Embedding {
+    weight: Tensor,
+    freeze_row0: bool,
+}
+
+impl Embedding {
+    /// Loads/creates `weight [rows, dim]`.
+    pub fn load(
+        vb: VarBuilder<'_>,
+        rows: usize,
+        dim: usize,
+        std: f64,
+        freeze_row0: bool,
+    ) -> Result<Self> {
+        let weight = vb.get_with_hints(
+            (rows, dim),
+            "weight",
+            Init::Randn {
+                mean: 0.,
+                stdev: std,
+            },
+        )?;
+        Ok(Self {
+            weight,
+            freeze_row0,
+        })
+    }
+
+    /// The table `[rows, dim]`.
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+
+    /// Looks up `ids` (u32, any shape) → `[.., dim]`.
+    pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
+        let mut dims = ids.dims().to_vec();
+        dims.push(self.weight.dim(1)?);
+        let flat = ids.flatten_all()?;
+        let out = self.weight.index_select(&flat, 0)?;
+        let out = if self.freeze_row0 {
+            // Same value as the plain lookup, but rows looked up with id 0 come from a detached
+            // copy, so the table's row 0 gets no gradient (as `padding_idx=0`).
+            let frozen = self.weight.detach().index_select(&flat, 0)?;
+            let keep = flat.ne(0u32)?.to_dtype(out.dtype())?.unsqueeze(1)?;
+            let diff = out.sub(&frozen)?.broadcast_mul(&keep)?;
+            frozen.add(&diff)?
+        } else {
+            out
+        };
+        out.reshape(dims)
+    }
+}
+
+/// The seeded random-number source shared by all dropout layers of a model.
+#[derive(Debug, Clone)]
+pub struct DropoutRng(Arc<Mutex<StdRng>>);
+
+impl DropoutRng {
+    /// A generator seeded with `seed` (same seed, same masks).
+    pub fn new(seed: u64) -> Self {
+        Self(Arc::new(Mutex::new(StdRng::seed_from_u64(seed))))
+    }
+}
+
+/// Inverted dropout, active only when `train` is true.
+#[derive(Debug, Clone)]
+pub struct Dropout {
+    p: f64,
+    rng: DropoutRng,
+}
+
+impl Dropout {
+    /// Dropout with drop probability `p`, drawing from `rng`.
+    pub fn new(p: f64, rng: &DropoutRng) -> Self {
+        Self {
+            p,
+            rng: rng.clone(),
+        }
+    }
+
+    /// Applies dropout when `train`, identity otherwise.
+    pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        if !train || self.p <= 0.0 {
+            return Ok(x.clone());
+        }
+        let n = x.elem_count();
+        let p = self.p as f32;
+        let scale = 1.0 / (1.0 - p);
+        let mask: Vec<f32> = {
+            let mut rng = self
+                .rng
+                .0
+                .lock()
+                .map_err(|_| candle_core::Error::Msg("dropout RNG poisoned".into()))?;
+            (0..n)
+                .map(|_| if rng.random::<f32>() < p { 0.0 } else { scale })
+                .collect()
+        };
+        let mask = Tensor::from_vec(mask, x.shape(), &Device::Cpu)?
+            .to_device(x.device())?
+            .to_dtype(x.dtype())?;
+        x.mul(&mask)
+    }
+}
+
+/// Exact (erf) GELU, as BERT.
+pub fn gelu(x: &Tensor) -> Result<Tensor> {
+    x.gelu_erf()
+}
+
+/// FNV-1a of a name, mixed with the seed: each variable gets its own stream, so adding a
+/// variable never changes the init of the others.
+fn name_seed(seed: u64, name: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ seed.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    for b in name.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+/// Builds the initial value of a variable from its init hint with a seeded RNG.
+pub(crate) fn seeded_init(
+    shape: &Shape,
+    name: &str,
+    init: Init,
+    seed: u64,
+    dtype: DType,
+    dev: &Device,
+) -> Result<Tensor> {
+    let n = shape.elem_count();
+    let values: Vec<f32> = match init {
+        Init::Const(c) => vec![c as f32; n],
+        Init::Randn { mean, stdev } => {
+            let mut rng = StdRng::seed_from_u64(name_seed(seed, name));
+            let normal = Normal::new(mean, stdev.max(0.0))
+                .map_err(|e| candle_core::Error::Msg(format!("init of {name}: {e}")))?;
+            (0..n).map(|_| normal.sample(&mut rng) as f32).collect()
+        }
+        Init::Uniform { lo, up } => {
+            let mut rng = StdRng::seed_from_u64(name_seed(seed, name));
+            (0..n).map(|_| rng.random_range(lo..up) as f32).collect()
+        }
+        other => {
+            return Err(candle_core::Error::Msg(format!(
+                "init {other:?} of {name} is not used by this model"
+            )));
+        }
+    };
+    Tensor::from_vec(values, shape.clone(), &Device::Cpu)?
+        .to_device(dev)?
+        .to_dtype(dtype)
+}
+
+/// A `VarBuilder` backend that creates every variable in a [`VarMap`] with a seeded init.
+pub(crate) struct SeededVarMap {
+    pub(crate) map: VarMap,
+    pub(crate) seed: u64,
+}
+
+impl candle_nn::var_builder::SimpleBackend for SeededVarMap {
+    fn get(&self, s: Shape, name: &str, h: Init, dtype: DType, dev: &Device) -> Result<Tensor> {
+        let mut data = self
+            .map
+            .data()
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("VarMap poisoned".into()))?;
+        if let Some(v) = data.get(name) {
+            if v.shape() != &s {
+                return Err(candle_core::Error::Msg(format!(
+                    "variable {name} exists with shape {:?}, requested {:?}",
+                    v.shape(),
+                    s
+                )));
+            }
+            return Ok(v.as_tensor().clone());
+        }
+        let t = seeded_init(&s, name, h, self.seed, dtype, dev)?;
+        let var = Var::from_tensor(&t)?;
+        let out = var.as_tensor().clone();
+        data.insert(name.to_string(), var);
+        Ok(out)
+    }
+
+    fn get_unchecked(&self, name: &str, _dtype: DType, _dev: &Device) -> Result<Tensor> {
+        let data = self
+            .map
+            .data()
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("VarMap poisoned".into()))?;
+        data.get(name)
+            .map(|v| v.as_tensor().clone())
+            .ok_or_else(|| candle_core::Error::Msg(format!("no variable {name}")))
+    }
+
+    fn contains_tensor(&self, name: &str) -> bool {
+        self.map
+            .data()
+            .lock()
+            .map(|d| d.contains_key(name))
+            .unwrap_or(false)
+    }
+}
+
+/// A `VarBuilder` backend that allocates nothing: it records each requested name and shape
+/// and hands back a broadcast scalar. Used to count parameters of large configs instantly.
+pub(crate) struct ShapeRecorder {
+    pub(crate) shapes: Arc<Mutex<BTreeMap<String, Vec<usize>>>>,
+}
+
+impl candle_nn::var_builder::SimpleBackend for ShapeRecorder {
+    fn get(&self, s: Shape, name: &str, _h: Init, dtype: DType, dev: &Device) -> Result<Tensor> {
+        if let Ok(mut m) = self.shapes.lock() {
+            m.insert(name.to_string(), s.dims().to_vec());
+        }
+        Tensor::zeros((), dtype, dev)?.broadcast_as(s)
+    }
+
+    fn get_unchecked(&self, name: &str, _dtype: DType, _dev: &Device) -> Result<Tensor> {
+        Err(candle_core::Error::Msg(format!(
+            "shape recorder has no value for {name}"
+        )))
+    }
+
+    fn contains_tensor(&self, _name: &str) -> bool {
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layer_norm_matches_hand_values() {
+        let map = VarMap::new();
+        let vb = crate::seeded_var_builder(&map, 0, &Device::Cpu);
+        let ln = LayerNorm::load(vb, 4, 1e-12).unwrap();
+        // mean 2.5, variance 1.25 → (x − 2.5) / √1.25.
+        let x = Tensor::new(&[[1f32, 2., 3., 4.]], &Device::Cpu).unwrap();
+        let y: Vec<f32> = ln
+            .forward(&x)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let s = 1.25f32.sqrt();
+        for (a, b) in y.iter().zip([-1.5 / s, -0.5 / s, 0.5 / s, 1.5 / s]) {
+            assert!((a - b).abs() < 1e-6);
+        }
+    }
+
+    #[test]
+    fn dropout_is_identity_in_eval_and_seeded_in_train() {
+        let x = Tensor::ones((8, 64), DType::F32, &Device::Cpu).unwrap();
+        let d1 = Dropout::new(0.25, &DropoutRng::new(9));
+        let d2 = Dropout::new(0.25, &DropoutRng::new(9));
+        let eval: Vec<f32> = d1
+            .forward_t(&x, false)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        assert!(eval.iter().all(|&v| v == 1.0));
+        let a: Vec<f32> = d1
+            .forward_t(&x, true)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let b: Vec<f32> = d2
+            .forward_t(&x, true)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        assert_eq!(a, b);
+        let dropped = a.iter().filter(|&&v| v == 0.0).count();
+        assert!(a.iter().all(|&v| v == 0.0 || (v - 1.0 / 0.75).abs() < 1e-6));
+        assert!((60..=200).contains(&dropped), "{dropped} of 512 dropped");
+    }
+
+    #[test]
+    fn seeded_init_is_reproducible_and_has_bert_statistics() {
+        let s = Shape::from((200, 100));
+        let a = seeded_init(
+            &s,
+            "w",
+            Init::Randn {
+                mean: 0.,
+                stdev: 0.02,
+            },
+            5,
+            DType::F32,
+            &Device::Cpu,
+        )
+        .unwrap();
+        let b = seeded_init(
+            &s,
+            "w",
+            Init::Randn {
+                mean: 0.,
+                stdev: 0.02,
+            },
+            5,
+            DType::F32,
+            &Device::Cpu,
+        )
+        .unwrap();
+        let c = seeded_init(
+            &s,
+            "v",
+            Init::Randn {
+                mean: 0.,
+                stdev: 0.02,
+            },
+            5,
+            DType::F32,
+            &Device::Cpu,
+        )
+        .unwrap();
+        let va: Vec<f32> = a.flatten_all().unwrap().to_vec1().unwrap();
+        assert_eq!(va, b.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+        assert_ne!(va, c.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+        let n = va.len() as f32;
+        let mean = va.iter().sum::<f32>() / n;
+        let std = (va.iter().map(|v| (v - mean).powi(2)).sum::<f32>() / n).sqrt();
+        assert!(
+            mean.abs() < 1e-3 && (std - 0.02).abs() < 1e-3,
+            "{mean} {std}"
+        );
+    }
+}
