@@ -63,6 +63,7 @@ pub fn forward_files(
         visual_feats: need("visual_feats")?,
         visual_pos: need("visual_pos")?,
         visual_attention_mask: io.get("visual_attention_mask"),
+        visual_permutation: None,
     };
     let o = model.forward_t(&x, false)?;
     let mut result = HashMap::new();

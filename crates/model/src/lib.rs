@@ -70,9 +70,9 @@ pub use heads::{
 pub use io::{forward_files, ForwardReport};
 pub use loss::{bce_with_logits, cross_entropy, kept_rows, masked_cross_entropy, smooth_l1};
 pub use lxmert::{
-    AttentionLayer, DenseResidualNorm, FeedForward, LxmertAttention, LxmertEmbeddings,
-    LxmertEncoder, LxmertInputs, LxmertLayer, LxmertModel, LxmertOutput, LxmertPooler,
-    LxmertXLayer, VisualFeatureEncoder, MASK_VALUE,
+    permute_regions, AttentionLayer, DenseResidualNorm, FeedForward, LxmertAttention,
+    LxmertEmbeddings, LxmertEncoder, LxmertInputs, LxmertLayer, LxmertModel, LxmertOutput,
+    LxmertPooler, LxmertXLayer, VisualFeatureEncoder, MASK_VALUE,
 };
 pub use model::{build_with, module_of, param_count, seeded_var_builder, Lxmert, ParamCount};
 pub use nn::{gelu, Dropout, DropoutRng, Embedding, LayerNorm, Linear};

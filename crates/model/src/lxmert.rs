@@ -342,6 +342,34 @@ pub struct LxmertEncoder {
     x_layers: Vec<LxmertXLayer>,
 }
 
+/// Reorders embedded regions along dim 1: `out[b, k + i] = embedded[b, k + perm[b, i]]`, where
+/// `embedded` is `[B, M, H]`, `perm` is `[B, N]` with `N ≤ M`, and the `k = M − N` leading
+/// positions (LXMERT-S's visual [CLS]) stay in place. This is how IFRS shuffles regions after
+/// the visual feature encoder; it is a gather, so gradients flow back to the original positions.
+pub fn permute_regions(embedded: &Tensor, perm: &Tensor) -> Result<Tensor> {
+    let (b, m, h) = embedded.dims3()?;
+    let (pb, n) = perm.dims2()?;
+    if pb != b || n > m {
+        candle_core::bail!(
+            "visual_permutation has shape {:?}, expected [{b}, N ≤ {m}] for regions {:?}",
+            perm.dims(),
+            embedded.dims()
+        );
+    }
+    let k = m - n;
+    let perm = perm.to_dtype(DType::U32)?;
+    let index = if k == 0 {
+        perm
+    } else {
+        let prefix = Tensor::arange(0u32, k as u32, embedded.device())?
+            .unsqueeze(0)?
+            .broadcast_as((b, k))?;
+        Tensor::cat(&[&prefix, &(perm + k as f64)?], 1)?
+    };
+    let index = index.unsqueeze(2)?.broadcast_as((b, m, h))?.contiguous()?;
+    embedded.contiguous()?.gather(&index, 1)
+}
+
 impl LxmertEncoder {
     /// Builds under `vb` (`lxmert.encoder`).
     pub fn load(vb: VarBuilder<'_>, cfg: &Config, rng: &DropoutRng) -> Result<Self> {
@@ -360,17 +388,32 @@ impl LxmertEncoder {
         })
     }
 
-    /// Runs the encoder on embedded text and raw visual inputs.
+    /// Embeds regions with the visual feature encoder, then applies the IFRS permutation
+    /// (if any) to the embedded regions.
+    pub fn embed_visual(
+        &self,
+        feats: &Tensor,
+        boxes: &Tensor,
+        permutation: Option<&Tensor>,
+        train: bool,
+    ) -> Result<Tensor> {
+        let v = self.visn_fc.forward_t(feats, boxes, train)?;
+        match permutation {
+            Some(perm) => permute_regions(&v, perm),
+            None => Ok(v),
+        }
+    }
+
+    /// Runs the layers on embedded text and embedded regions (see [`Self::embed_visual`]).
     pub fn forward_t(
         &self,
         lang: &Tensor,
         lang_mask: Option<&Tensor>,
-        feats: &Tensor,
-        boxes: &Tensor,
+        visn: &Tensor,
         visn_mask: Option<&Tensor>,
         train: bool,
     ) -> Result<(Tensor, Tensor)> {
-        let mut v = self.visn_fc.forward_t(feats, boxes, train)?;
+        let mut v = visn.clone();
         let mut l = lang.clone();
         for layer in &self.layer {
             l = layer.forward_t(&l, lang_mask, train)?;
@@ -429,6 +472,10 @@ pub struct LxmertInputs<'a> {
     /// 1 for real regions, 0 for padded ones `[B, N]` (no mask when absent). With LXMERT-S a
     /// 1 is prepended for the visual [CLS].
     pub visual_attention_mask: Option<&'a Tensor>,
+    /// IFRS region shuffle `[B, N]` (integer ids): after the visual feature encoder, region
+    /// position `i` receives the embedded region `perm[b, i]` (see [`permute_regions`]). The
+    /// text keeps its order; `None` leaves the regions in place.
+    pub visual_permutation: Option<&'a Tensor>,
 }
 
 impl<'a> LxmertInputs<'a> {
@@ -442,6 +489,7 @@ impl<'a> LxmertInputs<'a> {
             visual_feats,
             visual_pos,
             visual_attention_mask: None,
+            visual_permutation: None,
         }
     }
 }
@@ -650,14 +698,12 @@ impl LxmertModel {
             None => None,
         };
         let lang = self.embeddings.forward_t(&ids, &tt, &pos, train)?;
-        let (language_output, vision_output) = self.encoder.forward_t(
-            &lang,
-            lang_mask.as_ref(),
-            &feats,
-            &boxes,
-            visn_mask.as_ref(),
-            train,
-        )?;
+        let visn = self
+            .encoder
+            .embed_visual(&feats, &boxes, inputs.visual_permutation, train)?;
+        let (language_output, vision_output) =
+            self.encoder
+                .forward_t(&lang, lang_mask.as_ref(), &visn, visn_mask.as_ref(), train)?;
         let mut pooled_output = self.pooler.forward(&language_output)?;
         if let Some(pf) = &self.pooler_f {
             pooled_output = pooled_output.mul(&pf.forward(&vision_output)?)?;
@@ -672,5 +718,47 @@ impl LxmertModel {
     /// The device of the model's weights.
     pub fn device(&self) -> &Device {
         self.word_embeddings().device()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn permute_gathers_and_keeps_prefix() {
+        let dev = Device::Cpu;
+        // B = 1, m = 4 (prefix 1 + n 3), H = 2; row r = (10 r, 10 r + 1).
+        let emb = Tensor::new(&[[[0f32, 1.], [10., 11.], [20., 21.], [30., 31.]]], &dev).unwrap();
+        let perm = Tensor::new(&[[1u32, 2, 0]], &dev).unwrap();
+        let out: Vec<Vec<Vec<f32>>> = permute_regions(&emb, &perm).unwrap().to_vec3().unwrap();
+        assert_eq!(
+            out[0],
+            vec![vec![0., 1.], vec![20., 21.], vec![30., 31.], vec![10., 11.]]
+        );
+        // Without a prefix.
+        let emb3 = emb.narrow(1, 1, 3).unwrap();
+        let out: Vec<Vec<Vec<f32>>> = permute_regions(&emb3, &perm).unwrap().to_vec3().unwrap();
+        assert_eq!(out[0], vec![vec![20., 21.], vec![30., 31.], vec![10., 11.]]);
+        let bad = Tensor::new(&[[0u32, 1, 2, 3, 0]], &dev).unwrap();
+        assert!(permute_regions(&emb, &bad).is_err());
+    }
+
+    #[test]
+    fn permute_has_a_gradient() {
+        let dev = Device::Cpu;
+        let v = candle_core::Var::new(&[[[1f32], [2.], [3.]]], &dev).unwrap();
+        let perm = Tensor::new(&[[2u32, 0, 1]], &dev).unwrap();
+        let w = Tensor::new(&[[[1f32], [10.], [100.]]], &dev).unwrap();
+        let y = permute_regions(v.as_tensor(), &perm)
+            .unwrap()
+            .mul(&w)
+            .unwrap()
+            .sum_all()
+            .unwrap();
+        let g = y.backward().unwrap();
+        // d/dv[j] = weight at the output position that reads j: v0 → pos 1, v1 → 2, v2 → 0.
+        let gv: Vec<Vec<Vec<f32>>> = g.get(&v).unwrap().to_vec3().unwrap();
+        assert_eq!(gv[0], vec![vec![10.], vec![100.], vec![1.]]);
     }
 }

@@ -97,6 +97,7 @@ fn check(prefix: &str, variant: Variant, opts: LoadOptions) -> (f32, f32, usize)
         visual_feats: &io["visual_feats"],
         visual_pos: &io["visual_pos"],
         visual_attention_mask: io.get("visual_attention_mask"),
+        visual_permutation: None,
     };
     let out = model.model().forward_t(&inputs, false).unwrap();
     let outs = head_outputs(&model, &out);

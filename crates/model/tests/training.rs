@@ -108,3 +108,57 @@ fn padding_rows_get_no_gradient_from_lookup() {
     assert_eq!(get("lxmert.embeddings.position_embeddings.weight"), 0.0);
     assert_eq!(get("lxmert.embeddings.token_type_embeddings.weight"), 0.0);
 }
+
+/// The IFRS hook permutes the *embedded* regions. Nothing after the visual feature encoder
+/// knows region order (no region positions; attention is permutation-equivariant), so the
+/// permuted run must give the permuted vision output and the same text output: an
+/// independent check that the permutation lands after the encoder and nowhere else.
+#[test]
+fn visual_permutation_permutes_the_vision_stream_only() {
+    let dev = Device::Cpu;
+    let cfg = Config::tiny();
+    for variant in [Variant::Lxmert, Variant::LxmertS] {
+        let model = Lxmert::new(&cfg, variant, 5, &dev).unwrap();
+        let batch = SyntheticBatch::new(&cfg, 2, 7, 6, 6, &dev).unwrap();
+        let perm_rows = [[1u32, 2, 0, 3, 5, 4], [0, 1, 2, 5, 3, 4]];
+        let perm = Tensor::new(&perm_rows, &dev).unwrap();
+        let plain = model.model().forward_t(&batch.inputs(), false).unwrap();
+        let shuffled = model
+            .model()
+            .forward_t(
+                &msp_model::LxmertInputs {
+                    visual_permutation: Some(&perm),
+                    ..batch.inputs()
+                },
+                false,
+            )
+            .unwrap();
+        let lang_a: Vec<Vec<Vec<f32>>> = plain.language_output.to_vec3().unwrap();
+        let lang_b: Vec<Vec<Vec<f32>>> = shuffled.language_output.to_vec3().unwrap();
+        let vis_a: Vec<Vec<Vec<f32>>> = plain.vision_output.to_vec3().unwrap();
+        let vis_b: Vec<Vec<Vec<f32>>> = shuffled.vision_output.to_vec3().unwrap();
+        let close = |x: &[f32], y: &[f32]| x.iter().zip(y).all(|(a, b)| (a - b).abs() < 1e-5);
+        let k = vis_a[0].len() - 6; // the visual [CLS] prefix of LXMERT-S
+        for b in 0..2 {
+            for t in 0..lang_a[b].len() {
+                assert!(
+                    close(&lang_a[b][t], &lang_b[b][t]),
+                    "{variant:?} text {b},{t}"
+                );
+            }
+            for j in 0..k {
+                assert!(close(&vis_a[b][j], &vis_b[b][j]), "{variant:?} prefix");
+            }
+            for (i, &src) in perm_rows[b].iter().enumerate() {
+                assert!(
+                    close(&vis_b[b][k + i], &vis_a[b][k + src as usize]),
+                    "{variant:?} region {b},{i}"
+                );
+            }
+        }
+        assert!(
+            !close(&vis_a[0][k], &vis_b[0][k]),
+            "the permutation had no effect"
+        );
+    }
+}
