@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod features;
 mod model;
+mod synth;
 mod text;
 
 #[derive(Parser)]
@@ -30,6 +31,8 @@ enum Command {
     Model(model::ModelArgs),
     /// Benchmarks (`bench model`).
     Bench(bench::BenchArgs),
+    /// Generate (or reuse) a synthetic world: every data set in its real format.
+    Synth(synth::SynthArgs),
     /// Text: encode with a BERT vocabulary, generate the verb lexicon, test the verb filter.
     Text(text::TextArgs),
 }
@@ -47,6 +50,7 @@ fn main() -> anyhow::Result<()> {
         Command::Features(args) => features::run(args),
         Command::Model(args) => model::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Synth(args) => synth::run(args),
         Command::Text(args) => text::run(args),
     }
 }
