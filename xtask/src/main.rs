@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod features;
 mod model;
+mod pretrain;
 mod synth;
 mod text;
 
@@ -33,11 +34,20 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Generate (or reuse) a synthetic world: every data set in its real format.
     Synth(synth::SynthArgs),
+    /// Multi-stage pre-training (T,P,S, any order, or T+P+S), resumable.
+    Pretrain(pretrain::PretrainArgs),
     /// Text: encode with a BERT vocabulary, generate the verb lexicon, test the verb filter.
     Text(text::TextArgs),
 }
 
 fn main() -> anyhow::Result<()> {
+    // Restore the default SIGPIPE action, so `cargo xtask … | head` ends quietly as other
+    // command-line tools do instead of panicking on a closed stdout.
+    #[cfg(unix)]
+    // SAFETY: called first thing in main, before any other thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -51,6 +61,7 @@ fn main() -> anyhow::Result<()> {
         Command::Model(args) => model::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Synth(args) => synth::run(args),
+        Command::Pretrain(args) => pretrain::run(args),
         Command::Text(args) => text::run(args),
     }
 }

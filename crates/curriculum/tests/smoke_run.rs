@@ -1,0 +1,207 @@
+//! A real smoke run on a generated synthetic world: T,P,S end to end, interrupted and
+//! resumed, finished stages not redone, a different configuration refused.
+
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+
+use msp_curriculum::{
+    files, pretrain, resolve_config, CurriculumError, Event, Preset, PretrainData, RunDir,
+    RunOutcome,
+};
+use msp_synth::{World, WorldConfig, WorldSpec};
+
+fn presets() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/presets")
+}
+
+fn world(dir: &Path) -> World {
+    let config = WorldConfig::from_preset(&presets(), "smoke").unwrap();
+    let spec = WorldSpec {
+        preset: "smoke".into(),
+        seed: 3,
+        config,
+    };
+    World::generate(dir.join("world"), &spec, &mut |_| {}).unwrap()
+}
+
+#[test]
+fn smoke_tps_interrupted_resumes_and_skips_finished_stages() {
+    let tmp = tempfile::tempdir().unwrap();
+    let w = world(tmp.path());
+    let preset = Preset::load(&presets(), "smoke").unwrap();
+    let data = PretrainData::open(w.dir(), preset.pretrain.phrase_max_words).unwrap();
+    assert!(!data.labels.is_empty() && !data.phrases.is_empty() && !data.captions.is_empty());
+    let cfg = resolve_config("smoke", &preset, &"T,P,S".parse().unwrap(), &[], 7, &data).unwrap();
+    let run = RunDir::new(tmp.path().join("run"));
+    let dev = candle_core::Device::Cpu;
+
+    // Session 1: stop (like a kill) after 3 updates of the phrase stage.
+    let mut phrase_steps = 0;
+    let out = pretrain(&cfg, &data, &run, &dev, &mut |e| match e {
+        Event::Step {
+            stage: "phrase", ..
+        } => {
+            phrase_steps += 1;
+            if phrase_steps == 3 {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        }
+        _ => ControlFlow::Continue(()),
+    })
+    .unwrap();
+    assert_eq!(out, RunOutcome::Stopped);
+    let token = run.stage_dir(0, "token");
+    let phrase = run.stage_dir(1, "phrase");
+    assert!(token.join(files::DONE).exists());
+    assert!(!phrase.join(files::DONE).exists());
+    // checkpoint_every = 2: the phrase stage has a mid-stage checkpoint at step 2.
+    let st = RunDir::read_state(&phrase).unwrap().unwrap();
+    assert_eq!(st.step, 2);
+    assert!(!st.finished);
+    let token_ckpt_time = std::fs::metadata(token.join(files::CHECKPOINT))
+        .unwrap()
+        .modified()
+        .unwrap();
+
+    // Session 2: same command → resumes; token is skipped, phrase resumes at step 2.
+    let mut events = Vec::new();
+    let out = pretrain(&cfg, &data, &run, &dev, &mut |e| {
+        match e {
+            Event::StageSkipped { name, .. } => events.push(format!("skip {name}")),
+            Event::StageStart {
+                name, done_steps, ..
+            } => events.push(format!("start {name} at {done_steps}")),
+            _ => {}
+        }
+        ControlFlow::Continue(())
+    })
+    .unwrap();
+    assert_eq!(
+        events,
+        vec!["skip token", "start phrase at 2", "start sentence at 0"]
+    );
+    let RunOutcome::Finished(summaries) = out else {
+        panic!("not finished")
+    };
+    assert_eq!(summaries.len(), 3);
+    assert!(summaries[0].skipped && !summaries[1].skipped);
+    assert_eq!(
+        std::fs::metadata(token.join(files::CHECKPOINT))
+            .unwrap()
+            .modified()
+            .unwrap(),
+        token_ckpt_time,
+        "a finished stage was rewritten"
+    );
+    for (i, s) in ["token", "phrase", "sentence"].iter().enumerate() {
+        assert!(run.stage_dir(i, s).join(files::DONE).exists());
+        assert!(run.plot(s).exists());
+    }
+    // The metrics log has each phrase step exactly once, and every active task's loss.
+    let lines = run.read_metrics().unwrap();
+    let phrase_steps: Vec<u64> = lines
+        .iter()
+        .filter(|l| l["stage"] == "phrase")
+        .map(|l| l["step"].as_u64().unwrap())
+        .collect();
+    let n = phrase_steps.len() as u64;
+    assert_eq!(phrase_steps, (1..=n).collect::<Vec<_>>());
+    let s = lines.iter().find(|l| l["stage"] == "sentence").unwrap();
+    for k in [
+        "loss.MLM",
+        "loss.MRFR",
+        "loss.MOC",
+        "loss.TITS",
+        "loss.ITM-HS",
+        "loss.total",
+        "acc.ITM-HS",
+        "lr",
+        "samples_per_s",
+        "epoch",
+    ] {
+        assert!(s.get(k).is_some(), "{k} missing in {s}");
+    }
+    let t = lines.iter().find(|l| l["stage"] == "token").unwrap();
+    assert!(t.get("loss.IFRS").is_some());
+    assert!(t.get("loss.TITS").is_none());
+    assert!(run.root.join(files::SUMMARY).exists());
+
+    // A third call does nothing but skip.
+    let mut starts = 0;
+    pretrain(&cfg, &data, &run, &dev, &mut |e| {
+        if matches!(e, Event::StageStart { .. }) {
+            starts += 1;
+        }
+        ControlFlow::Continue(())
+    })
+    .unwrap();
+    assert_eq!(starts, 0);
+
+    // Another configuration in the same directory is refused.
+    let other = resolve_config("smoke", &preset, &"P,S".parse().unwrap(), &[], 7, &data).unwrap();
+    let e = pretrain(
+        &other,
+        &data,
+        &run,
+        &dev,
+        &mut |_| ControlFlow::Continue(()),
+    );
+    assert!(
+        matches!(&e, Err(CurriculumError::ConfigMismatch { reason, .. }) if reason.contains("schedule")),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn joint_mix_draws_batches_from_every_source() {
+    let tmp = tempfile::tempdir().unwrap();
+    let w = world(tmp.path());
+    let mut preset = Preset::load(&presets(), "smoke").unwrap();
+    // One epoch of 32 label texts and 32 phrase texts in batches of 16, and 160 captions
+    // in batches of 32: 2 + 2 + 5 batches.
+    preset.pretrain.sentence.epochs = 1;
+    preset.pretrain.sentence.max_steps = None;
+    preset.pretrain.token.batch_size = 16;
+    preset.pretrain.phrase.batch_size = 16;
+    preset.pretrain.sentence.batch_size = 32;
+    let data = PretrainData::open(w.dir(), preset.pretrain.phrase_max_words).unwrap();
+    let cfg = resolve_config("smoke", &preset, &"T+P+S".parse().unwrap(), &[], 9, &data).unwrap();
+    assert_eq!(cfg.stages.len(), 1);
+    let run = RunDir::new(tmp.path().join("run"));
+    let out = pretrain(&cfg, &data, &run, &candle_core::Device::Cpu, &mut |_| {
+        ControlFlow::Continue(())
+    })
+    .unwrap();
+    assert!(matches!(out, RunOutcome::Finished(ref s) if s[0].steps == 9));
+    let lines = run.read_metrics().unwrap();
+    assert_eq!(lines.len(), 9);
+    // Each update is one source's batch: its own topic/IFRS/matching task shows which.
+    let has = |k: &str| lines.iter().filter(|l| l.get(k).is_some()).count();
+    assert_eq!(
+        (has("loss.IFRS"), has("loss.TITP"), has("loss.TITS")),
+        (2, 2, 5)
+    );
+    // Interleaved, not one source after the other.
+    let order: Vec<bool> = lines.iter().map(|l| l.get("loss.TITS").is_some()).collect();
+    assert!(
+        order.windows(2).filter(|w| w[0] != w[1]).count() > 1,
+        "{order:?}"
+    );
+    assert!(run.stage_dir(0, "joint").join(files::DONE).exists());
+}
+
+#[test]
+fn missing_text_source_fails_only_the_stage_that_needs_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let w = world(tmp.path());
+    std::fs::remove_file(w.path(msp_synth::layout::VG_REGIONS)).unwrap();
+    let data = PretrainData::open(w.dir(), 20).unwrap();
+    assert!(data.phrases.is_empty());
+    assert!(data.examples(msp_curriculum::TextSource::Captions).is_ok());
+    assert!(matches!(
+        data.examples(msp_curriculum::TextSource::Phrases),
+        Err(CurriculumError::Data { reason, .. }) if reason.contains("phrase")
+    ));
+}
