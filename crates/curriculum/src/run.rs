@@ -52,7 +52,10 @@ pub struct StageState {
     pub total_steps: u64,
     /// The batch RNG: batch `k` uses ChaCha8 (`seed`, stream `k`); `batches_drawn` = next k.
     pub rng: msp_tasks::RngState,
-    /// Optimiser moments file (next to this one).
+    /// Model weights file (next to this one): `checkpoint-<step>.safetensors` mid-stage,
+    /// `checkpoint.safetensors` once the stage is finished.
+    pub checkpoint_file: String,
+    /// Optimiser moments file (next to this one), named like the weights.
     pub optimizer_file: String,
     /// Training seconds so far.
     pub seconds: f64,

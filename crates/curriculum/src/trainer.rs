@@ -192,19 +192,45 @@ pub fn parse_device(s: &str) -> Result<Device> {
     }
 }
 
+/// Saves weights, optimiser moments and `state.json` as one checkpoint. Mid-stage the files
+/// carry the step in their names and `state.json`, renamed into place last, names them: that
+/// rename is the commit point, so a kill at any moment leaves either the previous complete
+/// checkpoint or the new one, never new weights with old state. Older generations are
+/// removed after the commit. A finished stage's files get the plain names
+/// (`checkpoint.safetensors`), which the next stage and fine-tuning read.
 fn save_stage(
     model: &Lxmert,
     opt: &Optimizer,
     dir: &std::path::Path,
-    state: &StageState,
+    state: &mut StageState,
 ) -> Result<()> {
-    model.save(&dir.join(files::CHECKPOINT))?;
-    opt.save(&dir.join(files::OPTIMIZER))?;
+    let (ckpt, moments) = if state.finished {
+        (files::CHECKPOINT.to_string(), files::OPTIMIZER.to_string())
+    } else {
+        (
+            format!("checkpoint-{}.safetensors", state.step),
+            format!("optimizer-{}.safetensors", state.step),
+        )
+    };
+    model.save(&dir.join(&ckpt))?;
+    opt.save(&dir.join(&moments))?;
+    state.checkpoint_file = ckpt;
+    state.optimizer_file = moments;
     let json = serde_json::to_vec_pretty(state).map_err(|source| CurriculumError::Json {
         path: dir.join(files::STATE),
         source,
     })?;
-    write_atomic(&dir.join(files::STATE), &json)
+    write_atomic(&dir.join(files::STATE), &json)?;
+    for entry in std::fs::read_dir(dir).map_err(io_err(dir))? {
+        let entry = entry.map_err(io_err(dir))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let generation = (name.starts_with("checkpoint-") || name.starts_with("optimizer-"))
+            && name.ends_with(".safetensors");
+        if generation && name != state.checkpoint_file && name != state.optimizer_file {
+            std::fs::remove_file(entry.path()).map_err(io_err(&entry.path()))?;
+        }
+    }
+    Ok(())
 }
 
 /// Pre-trains every stage of `cfg` into `run`, resuming from what is on disk: finished
@@ -255,8 +281,8 @@ pub fn pretrain(
         }
         std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
         let saved = RunDir::read_state(&dir)?;
-        if saved.is_some() {
-            model.load_checkpoint(&dir.join(files::CHECKPOINT), load_opts)?;
+        if let Some(s) = &saved {
+            model.load_checkpoint(&dir.join(&s.checkpoint_file), load_opts)?;
         } else if let Some(prev) = &last_checkpoint {
             model.load_checkpoint(prev, load_opts)?;
         }
@@ -319,7 +345,8 @@ pub fn pretrain(
                 seed: stage_seed,
                 batches_drawn: 0,
             },
-            optimizer_file: files::OPTIMIZER.into(),
+            checkpoint_file: String::new(),
+            optimizer_file: String::new(),
             seconds: 0.0,
             samples: 0,
             finished: false,
@@ -331,7 +358,7 @@ pub fn pretrain(
                     reason: "the saved stage does not match the configuration".into(),
                 });
             }
-            opt.load(&dir.join(files::OPTIMIZER), s.step)?;
+            opt.load(&dir.join(&s.optimizer_file), s.step)?;
             state = s;
             run.truncate_metrics(&st.name, state.step)?;
         }
@@ -445,7 +472,7 @@ pub fn pretrain(
                         sums.clear();
                         total_sum = 0.0;
                         if state.step % ckpt_every == 0 && state.step < total_steps {
-                            save_stage(&model, &opt, &dir, &state)?;
+                            save_stage(&model, &opt, &dir, &mut state)?;
                             // Checkpoint time counts neither in the stage's training time
                             // nor in the throughput window.
                             last = Instant::now();
@@ -460,7 +487,7 @@ pub fn pretrain(
             return Ok(RunOutcome::Stopped);
         }
         state.finished = true;
-        save_stage(&model, &opt, &dir, &state)?;
+        save_stage(&model, &opt, &dir, &mut state)?;
         crate::plot::plot_stage(run, &st.name)?;
         write_atomic(&dir.join(files::DONE), b"done\n")?;
         last_checkpoint = Some(dir.join(files::CHECKPOINT));

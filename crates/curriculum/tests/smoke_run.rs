@@ -10,6 +10,17 @@ use msp_curriculum::{
 };
 use msp_synth::{World, WorldConfig, WorldSpec};
 
+/// Mid-stage checkpoint generations (`checkpoint-<step>` / `optimizer-<step>`) in a stage dir.
+fn generation_files(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("checkpoint-") || n.starts_with("optimizer-"))
+        .collect();
+    names.sort();
+    names
+}
+
 fn presets() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/presets")
 }
@@ -60,6 +71,13 @@ fn smoke_tps_interrupted_resumes_and_skips_finished_stages() {
     let st = RunDir::read_state(&phrase).unwrap().unwrap();
     assert_eq!(st.step, 2);
     assert!(!st.finished);
+    // The mid-stage checkpoint is one generation, named by state.json (the commit point).
+    assert_eq!(st.checkpoint_file, "checkpoint-2.safetensors");
+    assert_eq!(st.optimizer_file, "optimizer-2.safetensors");
+    assert_eq!(
+        generation_files(&phrase),
+        ["checkpoint-2.safetensors", "optimizer-2.safetensors"]
+    );
     let token_ckpt_time = std::fs::metadata(token.join(files::CHECKPOINT))
         .unwrap()
         .modified()
@@ -98,6 +116,9 @@ fn smoke_tps_interrupted_resumes_and_skips_finished_stages() {
     for (i, s) in ["token", "phrase", "sentence"].iter().enumerate() {
         assert!(run.stage_dir(i, s).join(files::DONE).exists());
         assert!(run.plot(s).exists());
+        // A finished stage keeps only the plainly named final checkpoint.
+        assert!(run.stage_dir(i, s).join(files::CHECKPOINT).exists());
+        assert!(generation_files(&run.stage_dir(i, s)).is_empty());
     }
     // The metrics log has each phrase step exactly once, and every active task's loss.
     let lines = run.read_metrics().unwrap();
