@@ -436,12 +436,17 @@ pub(crate) fn vqa_questions(
     scene: &Scene,
     n: usize,
 ) -> Vec<Question> {
+    distinct_questions(n, || vqa_once(rng, cfg, lex, prior, scene))
+}
+
+/// Up to `n` questions with distinct sentences from `draw` (at most `20 n` draws).
+fn distinct_questions(n: usize, mut draw: impl FnMut() -> Option<Question>) -> Vec<Question> {
     let mut out: Vec<Question> = Vec::new();
     for _ in 0..n * 20 {
         if out.len() == n {
             break;
         }
-        if let Some(q) = vqa_once(rng, cfg, lex, prior, scene) {
+        if let Some(q) = draw() {
             if out.iter().all(|x| x.sent != q.sent) {
                 out.push(q);
             }
@@ -799,18 +804,7 @@ pub(crate) fn gqa_questions(
     scene: &Scene,
     n: usize,
 ) -> Vec<Question> {
-    let mut out: Vec<Question> = Vec::new();
-    for _ in 0..n * 20 {
-        if out.len() == n {
-            break;
-        }
-        if let Some(q) = gqa_once(rng, cfg, lex, prior, scene) {
-            if out.iter().all(|x| x.sent != q.sent) {
-                out.push(q);
-            }
-        }
-    }
-    out
+    distinct_questions(n, || gqa_once(rng, cfg, lex, prior, scene))
 }
 
 /// For each category, the fractions of `pairs` in which both images / neither image contain it.
