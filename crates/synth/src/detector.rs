@@ -62,17 +62,7 @@ fn normalise(v: &mut [f32]) {
 impl DetectorMap {
     pub(crate) fn new(rng: &mut Rng, cfg: &WorldConfig, lex: &Lexicon) -> DetectorMap {
         let dim = cfg.feature_dim;
-        let groups = [
-            Super::Person,
-            Super::Animal,
-            Super::Vehicle,
-            Super::Furniture,
-            Super::Food,
-            Super::Clothing,
-            Super::Thing,
-            Super::Stuff,
-            Super::Part,
-        ];
+        let groups = Super::ALL;
         let group_dirs: Vec<Vec<f32>> = groups.iter().map(|_| unit(rng, dim)).collect();
         let rho = cfg.group_similarity;
         let cat_dirs = (0..lex.num_categories())

@@ -20,6 +20,21 @@ pub(crate) enum Super {
 }
 
 impl Super {
+    /// Every super-category, things first (`THINGS` is a prefix), then stuff and parts.
+    pub(crate) const ALL: [Super; 9] = [
+        Super::Person,
+        Super::Animal,
+        Super::Vehicle,
+        Super::Furniture,
+        Super::Food,
+        Super::Clothing,
+        Super::Thing,
+        Super::Stuff,
+        Super::Part,
+    ];
+    /// The super-categories of things (objects a scene is made of).
+    pub(crate) const THINGS: &'static [Super] = Super::ALL.split_at(7).0;
+
     /// The word a question uses for the whole group ("Which animal …?").
     pub(crate) fn group_word(self) -> Option<&'static str> {
         match self {
@@ -686,15 +701,7 @@ impl Lexicon {
     /// (so every group keeps members), all stuff and parts, and the first `attributes`
     /// attributes taken round-robin over the four kinds.
     pub(crate) fn new(things: usize, attributes: usize) -> Lexicon {
-        let thing_groups = [
-            Super::Person,
-            Super::Animal,
-            Super::Vehicle,
-            Super::Furniture,
-            Super::Food,
-            Super::Clothing,
-            Super::Thing,
-        ];
+        let thing_groups = Super::THINGS;
         let mut chosen = vec![false; CATEGORIES.len()];
         let mut per_group: Vec<Vec<usize>> = thing_groups
             .iter()
