@@ -7,8 +7,8 @@ use std::time::Instant;
 use anyhow::Context as _;
 use indicatif::{ProgressBar, ProgressStyle};
 use msp_curriculum::{
-    parse_device, pretrain, resolve_config, Event, Preset, PretrainData, RunDir, RunOutcome,
-    Schedule,
+    parse_device, pretrain, resolve_config, Event, Preset, PretrainData, RunConfig, RunDir,
+    RunOutcome, Schedule, StageSummary,
 };
 use msp_synth::{World, WorldConfig, WorldSpec};
 use msp_tasks::Task;
@@ -70,48 +70,35 @@ pub fn data_dir(
     Ok(world.dir().to_path_buf())
 }
 
-/// Runs `pretrain`.
-pub fn run(args: PretrainArgs) -> anyhow::Result<()> {
-    let presets_dir = args
-        .presets_dir
-        .clone()
-        .unwrap_or_else(crate::synth::default_presets_dir);
-    let preset = Preset::load(&presets_dir, &args.preset)?;
-    let schedule: Schedule = args.schedule.parse()?;
-    let without = args
-        .without
-        .iter()
-        .map(|t| t.parse::<Task>())
-        .collect::<Result<Vec<_>, _>>()?;
-    let device = parse_device(&args.device)?;
-    let data_dir = data_dir(&args.preset, args.seed, args.data.clone(), &presets_dir)?;
-    let t0 = Instant::now();
-    let data = PretrainData::open(&data_dir, preset.pretrain.phrase_max_words)
-        .with_context(|| format!("reading data {}", data_dir.display()))?;
-    eprintln!(
-        "data: {} images, {} label texts, {} phrase texts, {} captions ({:.1} s)",
-        data.store.len(),
-        data.labels.len(),
-        data.phrases.len(),
-        data.captions.len(),
-        t0.elapsed().as_secs_f64()
-    );
-    let cfg = resolve_config(&args.preset, &preset, &schedule, &without, args.seed, &data)?;
-    let out = args.out.clone().unwrap_or_else(|| {
-        PathBuf::from("runs").join(format!(
-            "{}-{}",
-            args.preset,
-            schedule.to_string().replace(',', "").replace('+', "j")
-        ))
-    });
-    let run_dir = RunDir::new(&out);
+/// The default run directory of a preset and schedule: `runs/<preset>-<schedule>`.
+pub fn default_out(preset: &str, schedule: &Schedule) -> PathBuf {
+    PathBuf::from("runs").join(format!(
+        "{preset}-{}",
+        schedule.to_string().replace(',', "").replace('+', "j")
+    ))
+}
+
+/// One pre-training run with progress bars: resolves the configuration, trains (or resumes)
+/// every stage into `out`, and returns the configuration and the stage summaries.
+#[allow(clippy::too_many_arguments)]
+pub fn pretrain_with_progress(
+    preset_name: &str,
+    preset: &Preset,
+    schedule: &Schedule,
+    without: &[Task],
+    seed: u64,
+    data: &PretrainData,
+    out: &std::path::Path,
+    device: &candle_core::Device,
+) -> anyhow::Result<(RunConfig, Vec<StageSummary>)> {
+    let cfg = resolve_config(preset_name, preset, schedule, without, seed, data)?;
+    let run_dir = RunDir::new(out);
     let style =
         ProgressStyle::with_template("{prefix:>9} [{bar:30}] {pos}/{len} {msg} {elapsed}<{eta}")
             .context("progress template")?
             .progress_chars("=> ");
     let mut bar: Option<ProgressBar> = None;
-    let start = Instant::now();
-    let outcome = pretrain(&cfg, &data, &run_dir, &device, &mut |e| {
+    let outcome = pretrain(&cfg, data, &run_dir, device, &mut |e| {
         match e {
             Event::StageStart {
                 name,
@@ -164,6 +151,56 @@ pub fn run(args: PretrainArgs) -> anyhow::Result<()> {
     let RunOutcome::Finished(summaries) = outcome else {
         anyhow::bail!("pre-training stopped before the end");
     };
+    Ok((cfg, summaries))
+}
+
+/// Opens the pre-training data of a directory, saying what it holds.
+pub fn open_data(data_dir: &std::path::Path, preset: &Preset) -> anyhow::Result<PretrainData> {
+    let t0 = Instant::now();
+    let data = PretrainData::open(data_dir, preset.pretrain.phrase_max_words)
+        .with_context(|| format!("reading data {}", data_dir.display()))?;
+    eprintln!(
+        "data: {} images, {} label texts, {} phrase texts, {} captions ({:.1} s)",
+        data.store.len(),
+        data.labels.len(),
+        data.phrases.len(),
+        data.captions.len(),
+        t0.elapsed().as_secs_f64()
+    );
+    Ok(data)
+}
+
+/// Runs `pretrain`.
+pub fn run(args: PretrainArgs) -> anyhow::Result<()> {
+    let presets_dir = args
+        .presets_dir
+        .clone()
+        .unwrap_or_else(crate::synth::default_presets_dir);
+    let preset = Preset::load(&presets_dir, &args.preset)?;
+    let schedule: Schedule = args.schedule.parse()?;
+    let without = args
+        .without
+        .iter()
+        .map(|t| t.parse::<Task>())
+        .collect::<Result<Vec<_>, _>>()?;
+    let device = parse_device(&args.device)?;
+    let data_dir = data_dir(&args.preset, args.seed, args.data.clone(), &presets_dir)?;
+    let data = open_data(&data_dir, &preset)?;
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| default_out(&args.preset, &schedule));
+    let start = Instant::now();
+    let (_, summaries) = pretrain_with_progress(
+        &args.preset,
+        &preset,
+        &schedule,
+        &without,
+        args.seed,
+        &data,
+        &out,
+        &device,
+    )?;
     let seconds = start.elapsed().as_secs_f64();
     if args.json {
         let v = serde_json::json!({

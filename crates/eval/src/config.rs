@@ -1,0 +1,227 @@
+//! The `[finetune]` table of a preset: the LXMERT-S fine-tuning protocol (lr 5e-5, batch
+//! 32, BertAdam with 10 % warm-up, clipping at 5; epochs VQA 6, GQA 5, NLVR2 8, retrieval
+//! 8), with optional caps that presets use to fit a CPU budget.
+
+use std::path::Path;
+
+use msp_curriculum::{OptimizerConfig, OptimizerKind};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{io_err, EvalError, Result};
+
+/// One task's schedule.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskSchedule {
+    /// Passes over the training examples.
+    pub epochs: usize,
+    /// Batch size (default: the table's `batch_size`).
+    #[serde(default)]
+    pub batch_size: Option<usize>,
+    /// Learning rate (default: the table's `lr`).
+    #[serde(default)]
+    pub lr: Option<f64>,
+    /// Use only this many training examples (a seeded subset), to fit a time budget.
+    #[serde(default)]
+    pub max_train: Option<usize>,
+}
+
+impl TaskSchedule {
+    fn epochs(epochs: usize) -> Self {
+        Self {
+            epochs,
+            batch_size: None,
+            lr: None,
+            max_train: None,
+        }
+    }
+}
+
+/// Fine-tuning settings shared by every downstream task.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FinetuneConfig {
+    /// Peak learning rate.
+    pub lr: f64,
+    /// Warm-up fraction of the updates.
+    pub warmup: f64,
+    /// Training batch size (VQA/GQA/NLVR2 examples; retrieval: captions, each giving 4 pairs).
+    pub batch_size: usize,
+    /// Batch size of evaluation forward passes (pairs).
+    pub eval_batch_size: usize,
+    /// Word pieces per text including [CLS] and [SEP].
+    pub max_len: usize,
+    /// Clip the gradients' global norm (None: no clipping).
+    #[serde(default)]
+    pub grad_clip: Option<f64>,
+    /// `bertadam` or `adamw`.
+    pub optimizer: OptimizerKind,
+    /// VQA.
+    pub vqa: TaskSchedule,
+    /// GQA.
+    pub gqa: TaskSchedule,
+    /// NLVR2.
+    pub nlvr2: TaskSchedule,
+    /// Image-text retrieval.
+    pub retrieval: TaskSchedule,
+    /// Evaluate retrieval on only the first this many test images (all when absent).
+    #[serde(default)]
+    pub retrieval_test_images: Option<usize>,
+}
+
+impl FinetuneConfig {
+    /// LXMERT-S's settings (reference §4).
+    pub fn paper() -> Self {
+        Self {
+            lr: 5e-5,
+            warmup: 0.1,
+            batch_size: 32,
+            eval_batch_size: 256,
+            max_len: 20,
+            grad_clip: Some(5.0),
+            optimizer: OptimizerKind::BertAdam,
+            vqa: TaskSchedule::epochs(6),
+            gqa: TaskSchedule::epochs(5),
+            nlvr2: TaskSchedule::epochs(8),
+            retrieval: TaskSchedule::epochs(8),
+            retrieval_test_images: None,
+        }
+    }
+
+    /// The optimiser settings.
+    pub fn optimizer(&self) -> OptimizerConfig {
+        match self.optimizer {
+            OptimizerKind::BertAdam => OptimizerConfig::bert_adam(),
+            OptimizerKind::AdamW => OptimizerConfig::adamw(),
+        }
+    }
+
+    /// Checks ranges, naming the key.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |field: &str, reason: String| {
+            Err(EvalError::Config {
+                field: format!("finetune.{field}"),
+                reason,
+            })
+        };
+        if !(self.lr > 0.0 && self.lr.is_finite()) {
+            return bad("lr", format!("{} is not a positive number", self.lr));
+        }
+        if !(0.0..1.0).contains(&self.warmup) {
+            return bad("warmup", format!("{} is not in [0, 1)", self.warmup));
+        }
+        if self.batch_size == 0 || self.eval_batch_size == 0 {
+            return bad("batch_size", "batch sizes must be at least 1".into());
+        }
+        if self.max_len < 3 {
+            return bad(
+                "max_len",
+                format!("{} leaves no room for a word", self.max_len),
+            );
+        }
+        for (name, t) in [
+            ("vqa", &self.vqa),
+            ("gqa", &self.gqa),
+            ("nlvr2", &self.nlvr2),
+            ("retrieval", &self.retrieval),
+        ] {
+            if t.epochs == 0 {
+                return bad(&format!("{name}.epochs"), "must be at least 1".into());
+            }
+            if t.batch_size == Some(0) || t.max_train == Some(0) {
+                return bad(name, "batch_size and max_train must be at least 1".into());
+            }
+            if t.lr.is_some_and(|lr| !(lr > 0.0 && lr.is_finite())) {
+                return bad(&format!("{name}.lr"), "must be a positive number".into());
+            }
+        }
+        if self.retrieval_test_images.is_some_and(|n| n < 2) {
+            return bad("retrieval_test_images", "need at least 2 images".into());
+        }
+        Ok(())
+    }
+
+    /// Parses the `[finetune]` table of a preset TOML text (required; unknown keys refused;
+    /// other tables ignored).
+    pub fn from_toml_str(text: &str, origin: &Path) -> Result<Self> {
+        #[derive(Deserialize)]
+        struct Tables {
+            finetune: Option<toml::Value>,
+        }
+        let terr = |reason: String| EvalError::Config {
+            field: format!("{} [finetune]", origin.display()),
+            reason,
+        };
+        let t: Tables = toml::from_str(text).map_err(|e| terr(e.to_string()))?;
+        let cfg: Self = t
+            .finetune
+            .ok_or_else(|| terr("no [finetune] table".into()))?
+            .try_into()
+            .map_err(|e: toml::de::Error| terr(e.to_string()))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Reads the `[finetune]` table of `<dir>/<name>.toml`.
+    pub fn load(dir: &Path, name: &str) -> Result<Self> {
+        let path = dir.join(format!("{name}.toml"));
+        let text = std::fs::read_to_string(&path).map_err(io_err(&path))?;
+        Self::from_toml_str(&text, &path)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paper_defaults_and_parsing() -> Result<()> {
+        let p = FinetuneConfig::paper();
+        p.validate()?;
+        assert_eq!((p.lr, p.batch_size), (5e-5, 32));
+        assert_eq!(
+            (
+                p.vqa.epochs,
+                p.gqa.epochs,
+                p.nlvr2.epochs,
+                p.retrieval.epochs
+            ),
+            (6, 5, 8, 8)
+        );
+        let text = r#"
+[world]
+train_images = 10
+[finetune]
+lr = 5e-5
+warmup = 0.1
+batch_size = 32
+eval_batch_size = 64
+max_len = 20
+grad_clip = 5.0
+optimizer = "bertadam"
+vqa = { epochs = 6, max_train = 100 }
+gqa = { epochs = 5 }
+nlvr2 = { epochs = 8, lr = 1e-4 }
+retrieval = { epochs = 8 }
+"#;
+        let c = FinetuneConfig::from_toml_str(text, Path::new("p.toml"))?;
+        assert_eq!(c.vqa.max_train, Some(100));
+        assert_eq!(c.nlvr2.lr, Some(1e-4));
+        let e = FinetuneConfig::from_toml_str(
+            &text.replace("gqa = { epochs = 5 }", "gqa = { epochs = 5, epoch = 1 }"),
+            Path::new("p.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("p.toml") && e.contains("epoch"), "{e}");
+        let e = FinetuneConfig::from_toml_str(
+            &text.replace("vqa = { epochs = 6,", "vqa = { epochs = 0,"),
+            Path::new("p.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("finetune.vqa.epochs"), "{e}");
+        assert!(FinetuneConfig::from_toml_str("[world]\n", Path::new("p.toml")).is_err());
+        Ok(())
+    }
+}

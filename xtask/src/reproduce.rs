@@ -1,0 +1,575 @@
+//! `cargo xtask reproduce` (the main job: world → T→P→S pre-training → every downstream
+//! task → the paper's tables) and `cargo xtask ablation` (the paper's Table 4).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::Context as _;
+use msp_curriculum::{parse_device, plot_losses, write_atomic, Preset, PretrainData, Schedule};
+use msp_eval::ablation::{table4_markdown, table4_values, AblationRow, COLUMNS};
+use msp_eval::report::markdown_table;
+use msp_eval::{
+    run_suite, Backbone, Baseline, DownstreamData, DownstreamResults, DownstreamTask,
+    FinetuneConfig, Report, Resources, Seconds,
+};
+use msp_tasks::Task;
+
+use crate::eval::{parse_tasks, suite_progress};
+use crate::pretrain::{data_dir, open_data, pretrain_with_progress};
+
+/// Arguments of `cargo xtask reproduce`.
+#[derive(clap::Args, Debug)]
+pub struct ReproduceArgs {
+    /// Preset (`data/presets/<name>.toml`): smoke, tiny, small, paper-shape, paper.
+    #[arg(long, default_value = "tiny")]
+    pub preset: String,
+    /// Data directory in the layout of `cargo xtask synth` (real data: LXMERT's file
+    /// names, see README); default: the preset's synthetic world.
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// `cpu` or `cuda:N`.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Number of seeds (model init, data order, masks); each seed is a full run.
+    #[arg(long, default_value_t = 1)]
+    pub seeds: u64,
+    /// First seed.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Seed of the synthetic world (the same world for every run seed).
+    #[arg(long, default_value_t = 0)]
+    pub world_seed: u64,
+    /// Pre-training schedule.
+    #[arg(long, default_value = "T,P,S")]
+    pub schedule: String,
+    /// Downstream tasks (repeatable; default all): vqa, gqa, nlvr2, zero-shot, retrieval.
+    #[arg(long)]
+    pub task: Vec<String>,
+    /// Output directory (default `runs/reproduce-<preset>`); running again resumes.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Directory of the preset files.
+    #[arg(long)]
+    pub presets_dir: Option<PathBuf>,
+}
+
+/// Arguments of `cargo xtask ablation`.
+#[derive(clap::Args, Debug)]
+pub struct AblationArgs {
+    /// Preset.
+    #[arg(long, default_value = "tiny")]
+    pub preset: String,
+    /// Data directory (default: the preset's synthetic world).
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// `cpu` or `cuda:N`.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Seeds per row.
+    #[arg(long, default_value_t = 1)]
+    pub seeds: u64,
+    /// First seed.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Seed of the synthetic world.
+    #[arg(long, default_value_t = 0)]
+    pub world_seed: u64,
+    /// Rows to run (repeatable, numbers 1–13 of Table 4); default all.
+    #[arg(long)]
+    pub row: Vec<usize>,
+    /// Downstream tasks (repeatable; default all).
+    #[arg(long)]
+    pub task: Vec<String>,
+    /// Output directory (default `runs/ablation-<preset>`); running again resumes.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Directory of the preset files.
+    #[arg(long)]
+    pub presets_dir: Option<PathBuf>,
+}
+
+/// A pre-training variant of Table 4.
+struct Variant {
+    stages: &'static str,
+    tasks: &'static str,
+    /// `None`: no pre-training (vanilla).
+    schedule: Option<&'static str>,
+    without: &'static [&'static str],
+    /// Task lists that replace a source's defaults: (source letter, tasks).
+    tasks_override: &'static [(char, &'static str)],
+}
+
+const ROWS: [Variant; 13] = [
+    Variant {
+        stages: "vanilla",
+        tasks: "none",
+        schedule: None,
+        without: &[],
+        tasks_override: &[],
+    },
+    Variant {
+        stages: "S",
+        tasks: "MLM MRFR MOC TITS ITM-HS",
+        schedule: Some("S"),
+        without: &[],
+        tasks_override: &[],
+    },
+    // Without hard negatives the sentence stage keeps ITM with random negatives (the paper
+    // still reports zero-shot retrieval for this row, so a matching head was trained).
+    Variant {
+        stages: "S",
+        tasks: "− ITM-HS (ITM)",
+        schedule: Some("S"),
+        without: &[],
+        tasks_override: &[('S', "MLM,MRFR,MOC,TITS,ITM")],
+    },
+    Variant {
+        stages: "S",
+        tasks: "− ITM-HS − TITS (ITM)",
+        schedule: Some("S"),
+        without: &[],
+        tasks_override: &[('S', "MLM,MRFR,MOC,ITM")],
+    },
+    Variant {
+        stages: "T+P+S",
+        tasks: "MLM MRFR MOC ITM",
+        schedule: Some("T+P+S"),
+        without: &[],
+        tasks_override: &[
+            ('T', "MLM,MRFR,MOC,ITM"),
+            ('P', "MLM,MRFR,MOC,ITM"),
+            ('S', "MLM,MRFR,MOC,ITM"),
+        ],
+    },
+    Variant {
+        stages: "T→S",
+        tasks: "MLM MRFR MOC TITS ITM-HS IFRS",
+        schedule: Some("T,S"),
+        without: &[],
+        tasks_override: &[],
+    },
+    Variant {
+        stages: "T→S",
+        tasks: "− IFRS",
+        schedule: Some("T,S"),
+        without: &["IFRS"],
+        tasks_override: &[],
+    },
+    Variant {
+        stages: "P→S",
+        tasks: "MLM MRFR MOC TITS ITM-HS TITP",
+        schedule: Some("P,S"),
+        without: &[],
+        tasks_override: &[],
+    },
+    Variant {
+        stages: "P→S",
+        tasks: "− TITP",
+        schedule: Some("P,S"),
+        without: &["TITP"],
+        tasks_override: &[],
+    },
+    Variant {
+        stages: "T→P→S",
+        tasks: "MLM MRFR MOC TITS ITM-HS IFRS TITP",
+        schedule: Some("T,P,S"),
+        without: &[],
+        tasks_override: &[],
+    },
+    Variant {
+        stages: "T→P→S",
+        tasks: "− TITP",
+        schedule: Some("T,P,S"),
+        without: &["TITP"],
+        tasks_override: &[],
+    },
+    Variant {
+        stages: "S→P→T",
+        tasks: "MLM MRFR MOC TITS ITM-HS IFRS TITP",
+        schedule: Some("S,P,T"),
+        without: &[],
+        tasks_override: &[],
+    },
+    Variant {
+        stages: "P→T→S",
+        tasks: "MLM MRFR MOC TITS ITM-HS IFRS TITP",
+        schedule: Some("P,T,S"),
+        without: &[],
+        tasks_override: &[],
+    },
+];
+
+/// The synthetic world's baselines, when the data directory is a world.
+fn baselines(data_dir: &Path) -> Vec<Baseline> {
+    match msp_synth::World::open(data_dir) {
+        Ok(w) => w
+            .manifest()
+            .baselines
+            .iter()
+            .map(|b| Baseline {
+                task: b.task.clone(),
+                split: b.split.clone(),
+                metric: b.metric.clone(),
+                text_only: f64::from(b.text_only),
+                oracle: f64::from(b.oracle),
+            })
+            .collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// Everything shared by the runs of one command.
+struct Context {
+    preset_name: String,
+    preset: Preset,
+    finetune: FinetuneConfig,
+    data_dir: PathBuf,
+    data: PretrainData,
+    downstream: DownstreamData,
+    device: candle_core::Device,
+    device_name: String,
+    tasks: Vec<DownstreamTask>,
+    data_seconds: f64,
+}
+
+impl Context {
+    #[allow(clippy::too_many_arguments)]
+    fn open(
+        preset_name: &str,
+        presets_dir: Option<PathBuf>,
+        data: Option<PathBuf>,
+        world_seed: u64,
+        device: &str,
+        tasks: &[String],
+    ) -> anyhow::Result<Self> {
+        let t0 = Instant::now();
+        let presets_dir = presets_dir.unwrap_or_else(crate::synth::default_presets_dir);
+        let preset = Preset::load(&presets_dir, preset_name)?;
+        let finetune = FinetuneConfig::load(&presets_dir, preset_name)?;
+        let data_dir = data_dir(preset_name, world_seed, data, &presets_dir)?;
+        let data = open_data(&data_dir, &preset)?;
+        let downstream = DownstreamData::open(&data_dir)?;
+        let threads = std::env::var("RAYON_NUM_THREADS")
+            .ok()
+            .or_else(|| {
+                std::thread::available_parallelism()
+                    .ok()
+                    .map(|n| n.to_string())
+            })
+            .unwrap_or_default();
+        Ok(Self {
+            preset_name: preset_name.to_string(),
+            finetune,
+            data_dir,
+            data,
+            downstream,
+            device: parse_device(device)?,
+            device_name: if device == "cpu" {
+                format!("cpu ({threads} threads)")
+            } else {
+                device.to_string()
+            },
+            tasks: parse_tasks(tasks)?,
+            data_seconds: t0.elapsed().as_secs_f64(),
+            preset,
+        })
+    }
+
+    /// Pre-trains (unless `schedule` is None) and runs the downstream suite into `root`.
+    fn run_one(
+        &self,
+        preset: &Preset,
+        schedule: Option<&Schedule>,
+        without: &[Task],
+        seed: u64,
+        root: &Path,
+    ) -> anyhow::Result<(Report, DownstreamResults)> {
+        let t0 = Instant::now();
+        let (backbone, stage_pairs, label) = match schedule {
+            Some(schedule) => {
+                let pre = root.join("pretrain");
+                let (cfg, _) = pretrain_with_progress(
+                    &self.preset_name,
+                    preset,
+                    schedule,
+                    without,
+                    seed,
+                    &self.data,
+                    &pre,
+                    &self.device,
+                )?;
+                let pairs = cfg
+                    .stages
+                    .iter()
+                    .map(|st| {
+                        let n: usize = st
+                            .sources
+                            .iter()
+                            .map(|s| self.data.examples(s.source).map_or(0, <[_]>::len))
+                            .sum();
+                        (st.name.clone(), n)
+                    })
+                    .collect();
+                (Backbone::from_run(&pre)?, pairs, schedule.to_string())
+            }
+            None => {
+                let cfg = msp_curriculum::resolve_config(
+                    &self.preset_name,
+                    preset,
+                    &"S".parse()?,
+                    &[],
+                    seed,
+                    &self.data,
+                )?;
+                let variant = preset.model.variant()?;
+                (
+                    Backbone::random(cfg.model, variant),
+                    Vec::new(),
+                    "none".into(),
+                )
+            }
+        };
+        let pretrain_s = t0.elapsed().as_secs_f64();
+        let t1 = Instant::now();
+        let mut progress = suite_progress();
+        let results = run_suite(
+            &backbone,
+            &self.downstream,
+            &self.finetune,
+            &self.tasks,
+            seed,
+            &root.join("downstream"),
+            &self.device,
+            &mut progress,
+        )?;
+        let downstream_s = t1.elapsed().as_secs_f64();
+        let params = msp_model::param_count(&backbone.config, backbone.variant)?;
+        let report = Report {
+            preset: self.preset_name.clone(),
+            schedule: label,
+            data: self.data_dir.display().to_string(),
+            seed,
+            resources: Resources {
+                parameters_paper_count: params.paper_count,
+                parameters_total: params.total,
+                stage_pairs,
+                device: self.device_name.clone(),
+                seconds: Seconds {
+                    data: self.data_seconds,
+                    pretrain: pretrain_s,
+                    downstream: downstream_s,
+                    total: self.data_seconds + pretrain_s + downstream_s,
+                },
+                peak_rss_bytes: msp_model::peak_rss_bytes(),
+            },
+            results: results.clone(),
+            baselines: baselines(&self.data_dir),
+        };
+        Ok((report, results))
+    }
+}
+
+/// Validation curves of the fine-tunings (one line per task) into `path`.
+fn plot_finetuning(results: &DownstreamResults, path: &Path) -> anyhow::Result<()> {
+    let mut series: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
+    let logs = [
+        ("VQA valid", results.vqa.as_ref().map(|r| &r.train)),
+        ("GQA valid", results.gqa.as_ref().map(|r| &r.train)),
+        ("NLVR2 valid", results.nlvr2.as_ref().map(|r| &r.train)),
+    ];
+    for (name, log) in logs {
+        if let Some(log) = log {
+            let pts: Vec<(f64, f64)> = log
+                .epochs
+                .iter()
+                .filter_map(|e| e.valid.map(|v| (e.epoch as f64, v)))
+                .collect();
+            if !pts.is_empty() {
+                series.insert(name.to_string(), pts);
+            }
+        }
+    }
+    if !series.is_empty() {
+        plot_losses(
+            "validation accuracy (%) per fine-tuning epoch",
+            &series,
+            path,
+        )?;
+    }
+    Ok(())
+}
+
+fn write_report(root: &Path, report: &Report) -> anyhow::Result<String> {
+    let md = report.markdown();
+    write_atomic(&root.join("report.md"), md.as_bytes())?;
+    write_atomic(
+        &root.join("report.json"),
+        serde_json::to_string_pretty(report)?.as_bytes(),
+    )?;
+    plot_finetuning(&report.results, &root.join("plots").join("finetune.png"))?;
+    Ok(md)
+}
+
+/// Runs `reproduce`.
+pub fn run_reproduce(args: ReproduceArgs) -> anyhow::Result<()> {
+    let start = Instant::now();
+    let ctx = Context::open(
+        &args.preset,
+        args.presets_dir.clone(),
+        args.data.clone(),
+        args.world_seed,
+        &args.device,
+        &args.task,
+    )?;
+    let schedule: Schedule = args.schedule.parse()?;
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("runs").join(format!("reproduce-{}", args.preset)));
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    let mut row = AblationRow {
+        stages: schedule.to_string(),
+        tasks: "all".into(),
+        seeds: Vec::new(),
+    };
+    let mut last = String::new();
+    for k in 0..args.seeds.max(1) {
+        let seed = args.seed + k;
+        let root = if args.seeds > 1 {
+            out.join(format!("seed{seed}"))
+        } else {
+            out.clone()
+        };
+        eprintln!("== seed {seed}: {}", root.display());
+        let (mut report, results) = ctx.run_one(&ctx.preset, Some(&schedule), &[], seed, &root)?;
+        if k == 0 {
+            report.resources.seconds.data = ctx.data_seconds;
+        }
+        last = write_report(&root, &report)?;
+        row.seeds.push(table4_values(&results));
+    }
+    if args.seeds > 1 {
+        let md = format!(
+            "# msp reproduce, {} seeds (mean ± sample std)\n\n{}",
+            args.seeds,
+            table4_markdown(std::slice::from_ref(&row))
+        );
+        write_atomic(&out.join("seeds.md"), md.as_bytes())?;
+        println!("{md}");
+    } else {
+        println!("{last}");
+    }
+    println!(
+        "reproduce done in {:.1} s: {}",
+        start.elapsed().as_secs_f64(),
+        out.join("report.md").display()
+    );
+    Ok(())
+}
+
+/// Runs `ablation`.
+pub fn run_ablation(args: AblationArgs) -> anyhow::Result<()> {
+    let start = Instant::now();
+    let ctx = Context::open(
+        &args.preset,
+        args.presets_dir.clone(),
+        args.data.clone(),
+        args.world_seed,
+        &args.device,
+        &args.task,
+    )?;
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("runs").join(format!("ablation-{}", args.preset)));
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    let picked: Vec<usize> = if args.row.is_empty() {
+        (1..=ROWS.len()).collect()
+    } else {
+        args.row.clone()
+    };
+    let mut rows = Vec::new();
+    for &r in &picked {
+        let v = ROWS
+            .get(r.wrapping_sub(1))
+            .with_context(|| format!("--row {r}: Table 4 has rows 1 to {}", ROWS.len()))?;
+        let mut preset = ctx.preset.clone();
+        for &(letter, tasks) in v.tasks_override {
+            let stage = match letter {
+                'T' => &mut preset.pretrain.token,
+                'P' => &mut preset.pretrain.phrase,
+                _ => &mut preset.pretrain.sentence,
+            };
+            stage.tasks = Some(tasks.to_string());
+        }
+        let schedule: Option<Schedule> = v.schedule.map(str::parse).transpose()?;
+        let without = v
+            .without
+            .iter()
+            .map(|t| t.parse::<Task>())
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut row = AblationRow {
+            stages: v.stages.to_string(),
+            tasks: v.tasks.to_string(),
+            seeds: Vec::new(),
+        };
+        for k in 0..args.seeds.max(1) {
+            let seed = args.seed + k;
+            let root = out.join(format!("row{r:02}")).join(format!("seed{seed}"));
+            eprintln!("== Table 4 row {r} ({} {}), seed {seed}", v.stages, v.tasks);
+            let (report, results) =
+                ctx.run_one(&preset, schedule.as_ref(), &without, seed, &root)?;
+            write_report(&root, &report)?;
+            row.seeds.push(table4_values(&results));
+        }
+        rows.push(row);
+    }
+    let md = format!(
+        "# msp ablation (the paper's Table 4), preset `{}`, {} seed(s)\n\nData: `{}`. Columns: \
+         VQA test, GQA testdev, NLVR2 test (accuracy, %), and the mean of R@1/5/10 for \
+         image retrieval (IR), text retrieval (TR, first-caption protocol) and their \
+         zero-shot versions.\n\n{}",
+        args.preset,
+        args.seeds,
+        ctx.data_dir.display(),
+        table4_markdown(&rows)
+    );
+    write_atomic(&out.join("table4.md"), md.as_bytes())?;
+    write_atomic(
+        &out.join("table4.json"),
+        serde_json::to_string_pretty(&rows)?.as_bytes(),
+    )?;
+    // One line per column across the rows run (x = Table 4 row number).
+    let mut series: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
+    for (r, row) in picked.iter().zip(&rows) {
+        for (c, v) in row.summary().iter().enumerate() {
+            if let Some((m, _)) = v {
+                series
+                    .entry(COLUMNS[c].to_string())
+                    .or_default()
+                    .push((*r as f64, *m));
+            }
+        }
+    }
+    if !series.is_empty() {
+        plot_losses(
+            "Table 4: downstream results per pre-training variant (x = row)",
+            &series,
+            &out.join("plots").join("table4.png"),
+        )?;
+    }
+    println!("{md}");
+    let mut t = vec![vec!["row".to_string(), "stages".into(), "tasks".into()]];
+    for &r in &picked {
+        let v = &ROWS[r - 1];
+        t.push(vec![r.to_string(), v.stages.into(), v.tasks.into()]);
+    }
+    eprintln!("{}", markdown_table(&t));
+    println!(
+        "ablation done in {:.1} s: {}",
+        start.elapsed().as_secs_f64(),
+        out.join("table4.md").display()
+    );
+    Ok(())
+}
