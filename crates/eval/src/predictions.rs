@@ -6,7 +6,7 @@
 //!
 //! Gold files are the downstream JSON files of SPEC §2.4 (`msp_text::read_vqa` …).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -189,58 +189,57 @@ fn index_predictions<'a, K: std::hash::Hash + Eq + std::fmt::Display, V>(
     Ok(out)
 }
 
+/// Soft-score accuracy of keyed answer predictions against keyed gold labels.
+fn score_soft<'a, K: std::hash::Hash + Eq + std::fmt::Display>(
+    task: ScoredTask,
+    pred: &Path,
+    field: &str,
+    gold: Vec<(K, &BTreeMap<String, f32>)>,
+    preds: impl IntoIterator<Item = (K, &'a String)>,
+) -> Result<Score> {
+    let n = gold.len();
+    let mut labels = Vec::with_capacity(n);
+    let mut ids = HashMap::with_capacity(n);
+    for (i, (k, l)) in gold.into_iter().enumerate() {
+        ids.insert(k, i);
+        labels.push(l);
+    }
+    let by = index_predictions(pred, field, preds, &ids)?;
+    let accuracy = soft_accuracy(
+        labels
+            .iter()
+            .enumerate()
+            .map(|(i, &l)| (l, by.get(&i).map(|a| a.as_str()))),
+    );
+    Ok(Score { task, accuracy, n })
+}
+
 /// Scores a predictions file against a gold file.
 pub fn score_file(task: ScoredTask, pred: &Path, gold: &Path) -> Result<Score> {
     match task {
         ScoredTask::Vqa => {
             let g = msp_text::read_vqa(gold)?;
             let p = read_vqa_predictions(pred)?;
-            let ids: HashMap<u64, usize> = g
-                .iter()
-                .enumerate()
-                .map(|(i, q)| (q.question_id, i))
-                .collect();
-            let by = index_predictions(
+            score_soft(
+                task,
                 pred,
                 "question_id",
+                g.iter().map(|q| (q.question_id, &q.label)).collect(),
                 p.iter().map(|x| (x.question_id, &x.answer)),
-                &ids,
-            )?;
-            let accuracy = soft_accuracy(
-                g.iter()
-                    .enumerate()
-                    .map(|(i, q)| (&q.label, by.get(&i).map(|a| a.as_str()))),
-            );
-            Ok(Score {
-                task,
-                accuracy,
-                n: g.len(),
-            })
+            )
         }
         ScoredTask::Gqa => {
             let g = msp_text::read_gqa(gold)?;
             let p = read_gqa_predictions(pred)?;
-            let ids: HashMap<String, usize> = g
-                .iter()
-                .enumerate()
-                .map(|(i, q)| (q.question_id.clone(), i))
-                .collect();
-            let by = index_predictions(
+            score_soft(
+                task,
                 pred,
                 "questionId",
-                p.iter().map(|x| (x.question_id.clone(), &x.prediction)),
-                &ids,
-            )?;
-            let accuracy = soft_accuracy(
                 g.iter()
-                    .enumerate()
-                    .map(|(i, q)| (&q.label, by.get(&i).map(|a| a.as_str()))),
-            );
-            Ok(Score {
-                task,
-                accuracy,
-                n: g.len(),
-            })
+                    .map(|q| (q.question_id.clone(), &q.label))
+                    .collect(),
+                p.iter().map(|x| (x.question_id.clone(), &x.prediction)),
+            )
         }
         ScoredTask::Nlvr2 => {
             let g = msp_text::read_nlvr2(gold)?;

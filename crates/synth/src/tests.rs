@@ -514,9 +514,15 @@ fn preset_world_table_only() {
 #[test]
 fn committed_presets_parse() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/presets");
-    for name in ["smoke", "tiny", "small", "paper-shape"] {
+    // LXMERT's 36 regions, except tiny (16 × 256-d, sized for the CPU budget of reproduce).
+    for (name, regions) in [
+        ("smoke", 36),
+        ("tiny", 16),
+        ("small", 36),
+        ("paper-shape", 36),
+    ] {
         let c = WorldConfig::from_preset(&dir, name).unwrap_or_else(|e| panic!("{name}: {e}"));
-        assert_eq!(c.regions_per_image, 36, "{name}");
+        assert_eq!(c.regions_per_image, regions, "{name}");
     }
     let paper = WorldConfig::from_preset(&dir, "paper-shape").expect("paper-shape");
     assert_eq!(paper.feature_dim, 2048);
