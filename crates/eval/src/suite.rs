@@ -105,6 +105,38 @@ fn save<T: Serialize>(path: &Path, v: &T) -> Result<()> {
     Ok(())
 }
 
+/// Records what the results in `out` are made from (`config.json`: fine-tuning table, seed,
+/// backbone, data), or checks that an existing record matches, so that changed settings
+/// never silently reuse stale results.
+fn check_or_record(
+    backbone: &Backbone,
+    data: &DownstreamData,
+    cfg: &FinetuneConfig,
+    seed: u64,
+    out: &Path,
+) -> Result<()> {
+    let record = serde_json::json!({
+        "finetune": cfg,
+        "seed": seed,
+        "checkpoint": backbone.checkpoint,
+        "model": backbone.config,
+        "variant": backbone.variant.to_string(),
+        "data": data.dir,
+    });
+    std::fs::create_dir_all(out).map_err(crate::error::io_err(out))?;
+    let path = out.join("config.json");
+    match cached::<serde_json::Value>(&path)? {
+        Some(old) if old != record => Err(EvalError::Config {
+            field: path.display().to_string(),
+            reason: "the results in this directory were made with another configuration; \
+                     use another --out or delete it"
+                .into(),
+        }),
+        Some(_) => Ok(()),
+        None => save(&path, &record),
+    }
+}
+
 /// What the suite tells its caller.
 #[derive(Debug)]
 pub enum SuiteEvent<'a> {
@@ -132,6 +164,7 @@ pub fn run_suite(
     on_event: &mut dyn FnMut(&SuiteEvent<'_>),
 ) -> Result<DownstreamResults> {
     let wp = backbone.variant.word_positions();
+    check_or_record(backbone, data, cfg, seed, out)?;
     let mut res = DownstreamResults::default();
     for &task in tasks {
         let dir = out.join(task.name());

@@ -147,6 +147,26 @@ fn smoke_suite_end_to_end_and_resumed() {
     .unwrap();
     assert_eq!(cached, 5);
     assert_eq!(again, res);
+
+    // Other fine-tuning settings never reuse those results.
+    let mut other = ft.clone();
+    other.lr *= 2.0;
+    let e = run_suite(
+        &backbone,
+        &data,
+        &other,
+        &DownstreamTask::ALL,
+        3,
+        &out,
+        &dev,
+        &mut |_| {},
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("config.json") && e.contains("another configuration"),
+        "{e}"
+    );
 }
 
 #[test]
