@@ -18,9 +18,9 @@ use msp_tasks::Task;
 use crate::eval::{parse_tasks, suite_progress};
 use crate::pretrain::{data_dir, open_data, pretrain_with_progress};
 
-/// Arguments of `cargo xtask reproduce`.
+/// The options `reproduce` and `ablation` share.
 #[derive(clap::Args, Debug)]
-pub struct ReproduceArgs {
+pub struct RunArgs {
     /// Preset (`data/presets/<name>.toml`): smoke, tiny, small, paper-shape, paper.
     #[arg(long, default_value = "tiny")]
     pub preset: String,
@@ -40,13 +40,10 @@ pub struct ReproduceArgs {
     /// Seed of the synthetic world (the same world for every run seed).
     #[arg(long, default_value_t = 0)]
     pub world_seed: u64,
-    /// Pre-training schedule.
-    #[arg(long, default_value = "T,P,S")]
-    pub schedule: String,
     /// Downstream tasks (repeatable; default all): vqa, gqa, nlvr2, zero-shot, retrieval.
     #[arg(long)]
     pub task: Vec<String>,
-    /// Output directory (default `runs/reproduce-<preset>`); running again resumes.
+    /// Output directory (default `runs/<command>-<preset>`); running again resumes.
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// Directory of the preset files.
@@ -54,39 +51,24 @@ pub struct ReproduceArgs {
     pub presets_dir: Option<PathBuf>,
 }
 
+/// Arguments of `cargo xtask reproduce`.
+#[derive(clap::Args, Debug)]
+pub struct ReproduceArgs {
+    #[command(flatten)]
+    run: RunArgs,
+    /// Pre-training schedule.
+    #[arg(long, default_value = "T,P,S")]
+    pub schedule: String,
+}
+
 /// Arguments of `cargo xtask ablation`.
 #[derive(clap::Args, Debug)]
 pub struct AblationArgs {
-    /// Preset.
-    #[arg(long, default_value = "tiny")]
-    pub preset: String,
-    /// Data directory (default: the preset's synthetic world).
-    #[arg(long)]
-    pub data: Option<PathBuf>,
-    /// `cpu` or `cuda:N`.
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
-    /// Seeds per row.
-    #[arg(long, default_value_t = 1)]
-    pub seeds: u64,
-    /// First seed.
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
-    /// Seed of the synthetic world.
-    #[arg(long, default_value_t = 0)]
-    pub world_seed: u64,
+    #[command(flatten)]
+    run: RunArgs,
     /// Rows to run (repeatable, numbers 1–13 of Table 4); default all.
     #[arg(long)]
     pub row: Vec<usize>,
-    /// Downstream tasks (repeatable; default all).
-    #[arg(long)]
-    pub task: Vec<String>,
-    /// Output directory (default `runs/ablation-<preset>`); running again resumes.
-    #[arg(long)]
-    pub out: Option<PathBuf>,
-    /// Directory of the preset files.
-    #[arg(long)]
-    pub presets_dir: Option<PathBuf>,
 }
 
 /// A pre-training variant of Table 4.
@@ -234,20 +216,21 @@ struct Context {
 }
 
 impl Context {
-    #[allow(clippy::too_many_arguments)]
-    fn open(
-        preset_name: &str,
-        presets_dir: Option<PathBuf>,
-        data: Option<PathBuf>,
-        world_seed: u64,
-        device: &str,
-        tasks: &[String],
-    ) -> anyhow::Result<Self> {
+    fn open(args: &RunArgs) -> anyhow::Result<Self> {
+        let (preset_name, device, tasks) = (&args.preset, &args.device, &args.task);
         let t0 = Instant::now();
-        let presets_dir = presets_dir.unwrap_or_else(crate::synth::default_presets_dir);
+        let presets_dir = args
+            .presets_dir
+            .clone()
+            .unwrap_or_else(crate::synth::default_presets_dir);
         let preset = Preset::load(&presets_dir, preset_name)?;
         let finetune = FinetuneConfig::load(&presets_dir, preset_name)?;
-        let data_dir = data_dir(preset_name, world_seed, data, &presets_dir)?;
+        let data_dir = data_dir(
+            preset_name,
+            args.world_seed,
+            args.data.clone(),
+            &presets_dir,
+        )?;
         let data = open_data(&data_dir, &preset)?;
         let downstream = DownstreamData::open(&data_dir)?;
         let threads = std::env::var("RAYON_NUM_THREADS")
@@ -414,15 +397,9 @@ fn write_report(root: &Path, report: &Report) -> anyhow::Result<String> {
 /// Runs `reproduce`.
 pub fn run_reproduce(args: ReproduceArgs) -> anyhow::Result<()> {
     let start = Instant::now();
-    let ctx = Context::open(
-        &args.preset,
-        args.presets_dir.clone(),
-        args.data.clone(),
-        args.world_seed,
-        &args.device,
-        &args.task,
-    )?;
     let schedule: Schedule = args.schedule.parse()?;
+    let ctx = Context::open(&args.run)?;
+    let args = &args.run;
     let out = args
         .out
         .clone()
@@ -471,18 +448,12 @@ pub fn run_reproduce(args: ReproduceArgs) -> anyhow::Result<()> {
 /// Runs `ablation`.
 pub fn run_ablation(args: AblationArgs) -> anyhow::Result<()> {
     let start = Instant::now();
-    let ctx = Context::open(
-        &args.preset,
-        args.presets_dir.clone(),
-        args.data.clone(),
-        args.world_seed,
-        &args.device,
-        &args.task,
-    )?;
-    let out = args
+    let run = &args.run;
+    let ctx = Context::open(run)?;
+    let out = run
         .out
         .clone()
-        .unwrap_or_else(|| PathBuf::from("runs").join(format!("ablation-{}", args.preset)));
+        .unwrap_or_else(|| PathBuf::from("runs").join(format!("ablation-{}", run.preset)));
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     let picked: Vec<usize> = if args.row.is_empty() {
         (1..=ROWS.len()).collect()
@@ -514,8 +485,8 @@ pub fn run_ablation(args: AblationArgs) -> anyhow::Result<()> {
             tasks: v.tasks.to_string(),
             seeds: Vec::new(),
         };
-        for k in 0..args.seeds.max(1) {
-            let seed = args.seed + k;
+        for k in 0..run.seeds.max(1) {
+            let seed = run.seed + k;
             let root = out.join(format!("row{r:02}")).join(format!("seed{seed}"));
             eprintln!("== Table 4 row {r} ({} {}), seed {seed}", v.stages, v.tasks);
             let (report, results) =
@@ -530,8 +501,8 @@ pub fn run_ablation(args: AblationArgs) -> anyhow::Result<()> {
          VQA test, GQA testdev, NLVR2 test (accuracy, %), and the mean of R@1/5/10 for \
          image retrieval (IR), text retrieval (TR, first-caption protocol) and their \
          zero-shot versions.\n\n{}",
-        args.preset,
-        args.seeds,
+        run.preset,
+        run.seeds,
         ctx.data_dir.display(),
         table4_markdown(&rows)
     );
