@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::Context as _;
-use msp_curriculum::{parse_device, plot_losses, write_atomic, Preset, PretrainData, Schedule};
+use msp_curriculum::{parse_device, plot_series, write_atomic, Preset, PretrainData, Schedule};
 use msp_eval::ablation::{table4_markdown, table4_values, AblationRow, COLUMNS};
 use msp_eval::report::markdown_table;
 use msp_eval::{
@@ -374,8 +374,9 @@ fn plot_finetuning(results: &DownstreamResults, path: &Path) -> anyhow::Result<(
         }
     }
     if !series.is_empty() {
-        plot_losses(
-            "validation accuracy (%) per fine-tuning epoch",
+        plot_series(
+            "validation accuracy per fine-tuning epoch",
+            ("epoch", "accuracy (%)"),
             &series,
             path,
         )?;
@@ -524,8 +525,9 @@ pub fn run_ablation(args: AblationArgs) -> anyhow::Result<()> {
         }
     }
     if !series.is_empty() {
-        plot_losses(
-            "Table 4: downstream results per pre-training variant (x = row)",
+        plot_series(
+            "Table 4: downstream results per pre-training variant",
+            ("Table 4 row", "accuracy / mean recall (%)"),
             &series,
             &out.join("plots").join("table4.png"),
         )?;

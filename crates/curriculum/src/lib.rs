@@ -77,6 +77,6 @@ pub use grad_clipping::{global_norm, GradAccumulator, GradClipping, GradClipping
 pub use loader::{build_batch, with_loader, BatchPlan, StagePlan};
 pub use lr_scheduler::{warmup_linear, LinearWarmupDecay, LrSchedulerState};
 pub use optim::{Optimizer, OptimizerConfig, OptimizerKind};
-pub use plot::{plot_losses, plot_stage};
+pub use plot::{plot_losses, plot_series, plot_stage};
 pub use run::{files, write_atomic, RunConfig, RunDir, StageState};
 pub use trainer::{parse_device, pretrain, resolve_config, Event, RunOutcome, StageSummary};

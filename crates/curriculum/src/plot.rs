@@ -25,6 +25,17 @@ pub fn plot_losses(
     series: &BTreeMap<String, Vec<(f64, f64)>>,
     path: &Path,
 ) -> Result<()> {
+    plot_series(title, ("update", "loss"), series, path)
+}
+
+/// Draws named `(x, y)` series as lines with point markers (so a one-point series shows)
+/// into a PNG, with the axis descriptions `axes = (x, y)`; a series named `total` is bold.
+pub fn plot_series(
+    title: &str,
+    axes: (&str, &str),
+    series: &BTreeMap<String, Vec<(f64, f64)>>,
+    path: &Path,
+) -> Result<()> {
     let perr = |reason: String| CurriculumError::Plot {
         path: path.to_path_buf(),
         reason,
@@ -65,8 +76,8 @@ pub fn plot_losses(
             .map_err(|e| perr(e.to_string()))?;
         chart
             .configure_mesh()
-            .x_desc("update")
-            .y_desc("loss")
+            .x_desc(axes.0)
+            .y_desc(axes.1)
             .label_style(("sans-serif", 16))
             .axis_desc_style(("sans-serif", 18))
             .draw()
@@ -83,6 +94,9 @@ pub fn plot_losses(
                 .map_err(|e| perr(e.to_string()))?
                 .label(label.clone())
                 .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], style));
+            chart
+                .draw_series(pts.iter().map(|&p| Circle::new(p, 3, style.color.filled())))
+                .map_err(|e| perr(e.to_string()))?;
         }
         chart
             .configure_series_labels()
