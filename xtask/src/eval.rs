@@ -1,9 +1,8 @@
 //! `cargo xtask finetune` and `cargo xtask eval score`: downstream fine-tuning of a
 //! pre-trained run (msp-eval) and scoring of prediction files.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use anyhow::Context as _;
 use indicatif::{ProgressBar, ProgressStyle};
 use msp_curriculum::parse_device;
 use msp_eval::{
@@ -161,15 +160,6 @@ pub fn parse_tasks(tasks: &[String]) -> anyhow::Result<Vec<DownstreamTask>> {
         .collect::<Result<_, _>>()?)
 }
 
-/// The data directory a run was trained on (its `config.toml`).
-fn run_data_dir(run: &Path) -> anyhow::Result<PathBuf> {
-    let p = run.join(msp_curriculum::files::CONFIG);
-    let text = std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
-    let cfg: msp_curriculum::RunConfig =
-        toml::from_str(&text).with_context(|| format!("parsing {}", p.display()))?;
-    Ok(PathBuf::from(cfg.data))
-}
-
 /// Runs `finetune`.
 pub fn run_finetune(args: FinetuneArgs) -> anyhow::Result<()> {
     let presets_dir = args
@@ -181,7 +171,8 @@ pub fn run_finetune(args: FinetuneArgs) -> anyhow::Result<()> {
     let backbone = Backbone::from_run(&args.run)?;
     let data_dir = match args.data.clone() {
         Some(d) => d,
-        None => run_data_dir(&args.run)?,
+        // The data directory the run was pre-trained on.
+        None => PathBuf::from(msp_curriculum::RunDir::new(&args.run).read_config()?.data),
     };
     let data = DownstreamData::open(&data_dir)?;
     let tasks = parse_tasks(&args.task)?;

@@ -10,8 +10,8 @@ use msp_curriculum::{parse_device, plot_series, write_atomic, Preset, PretrainDa
 use msp_eval::ablation::{table4_markdown, table4_values, AblationRow, COLUMNS};
 use msp_eval::report::markdown_table;
 use msp_eval::{
-    run_suite, Backbone, Baseline, DownstreamData, DownstreamResults, DownstreamTask,
-    FinetuneConfig, Report, Resources, Seconds,
+    run_suite, Backbone, DownstreamData, DownstreamResults, DownstreamTask, FinetuneConfig, Report,
+    Resources, Seconds,
 };
 use msp_tasks::Task;
 
@@ -183,22 +183,10 @@ const ROWS: [Variant; 13] = [
 ];
 
 /// The synthetic world's baselines, when the data directory is a world.
-fn baselines(data_dir: &Path) -> Vec<Baseline> {
-    match msp_synth::World::open(data_dir) {
-        Ok(w) => w
-            .manifest()
-            .baselines
-            .iter()
-            .map(|b| Baseline {
-                task: b.task.clone(),
-                split: b.split.clone(),
-                metric: b.metric.clone(),
-                text_only: f64::from(b.text_only),
-                oracle: f64::from(b.oracle),
-            })
-            .collect(),
-        Err(_) => Vec::new(),
-    }
+fn baselines(data_dir: &Path) -> Vec<msp_synth::TaskBaseline> {
+    msp_synth::World::open(data_dir)
+        .map(|w| w.manifest().baselines.clone())
+        .unwrap_or_default()
 }
 
 /// Everything shared by the runs of one command.

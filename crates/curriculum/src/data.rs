@@ -73,12 +73,8 @@ impl PretrainData {
         }
         let objects = LabelVocab::read(p(layout::OBJECTS_VOCAB))?;
         let attributes = LabelVocab::read(p(layout::ATTRIBUTES_VOCAB))?;
-        let hn = p(layout::HARD_NEGATIVES);
-        let hard_negatives = if hn.exists() {
-            HardNegativePool::read_json(&hn)?
-        } else {
-            HardNegativePool::compute(&store, 100.min(store.len().saturating_sub(1)).max(1))?
-        };
+        let hard_negatives =
+            HardNegativePool::read_or_compute(p(layout::HARD_NEGATIVES), &store, 100)?;
 
         // Token stage: the detector labels of every region, in region order.
         let mut labels = Vec::with_capacity(store.len());

@@ -183,6 +183,16 @@ impl RunDir {
         Ok(false)
     }
 
+    /// Reads the run's `config.toml`.
+    pub fn read_config(&self) -> Result<RunConfig> {
+        let path = self.root.join(files::CONFIG);
+        let text = std::fs::read_to_string(&path).map_err(io_err(&path))?;
+        toml::from_str(&text).map_err(|e| CurriculumError::Toml {
+            path,
+            message: e.to_string(),
+        })
+    }
+
     /// Reads a stage's `state.json` when present.
     pub fn read_state(stage_dir: &Path) -> Result<Option<StageState>> {
         let p = stage_dir.join(files::STATE);

@@ -93,3 +93,28 @@ pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> EvalError + 
         source,
     }
 }
+
+/// Reads a JSON file.
+pub(crate) fn read_json<T: for<'de> serde::Deserialize<'de>>(path: &Path) -> Result<T> {
+    let bytes = std::fs::read(path).map_err(io_err(path))?;
+    serde_json::from_slice(&bytes).map_err(|source| EvalError::Json {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Writes a JSON file atomically (temporary name, then rename); `pretty` for files people
+/// read (results, records), compact for prediction files.
+pub(crate) fn write_json<T: serde::Serialize>(path: &Path, v: &T, pretty: bool) -> Result<()> {
+    let bytes = if pretty {
+        serde_json::to_vec_pretty(v)
+    } else {
+        serde_json::to_vec(v)
+    }
+    .map_err(|source| EvalError::Json {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    msp_curriculum::write_atomic(path, &bytes)?;
+    Ok(())
+}

@@ -65,7 +65,7 @@ pub use predictions::{
     Nlvr2Prediction, Score, ScoredTask, VqaPrediction,
 };
 pub use qa::{finetune_qa, QaData, QaExample, QaKind, QaResult, QaSplit};
-pub use report::{Baseline, Report, Resources, Seconds};
+pub use report::{Report, Resources, Seconds};
 pub use retrieval::{
     evaluate as evaluate_retrieval, finetune_retrieval, zero_shot, RetrievalData, RetrievalImage,
     RetrievalResult, RetrievalScores,

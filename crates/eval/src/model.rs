@@ -4,10 +4,10 @@
 use std::path::{Path, PathBuf};
 
 use candle_core::Device;
-use msp_curriculum::{files, RunConfig, RunDir};
+use msp_curriculum::{files, RunDir};
 use msp_model::{Config, LoadOptions, LoadReport, Lxmert, Variant};
 
-use crate::error::{io_err, EvalError, Result};
+use crate::error::{EvalError, Result};
 
 /// What fine-tuning starts from.
 #[derive(Debug, Clone, PartialEq)]
@@ -26,12 +26,9 @@ pub struct Backbone {
 impl Backbone {
     /// The last stage of a finished pre-training run (`runs/NAME`).
     pub fn from_run(run: &Path) -> Result<Self> {
+        let run_dir = RunDir::new(run);
+        let cfg = run_dir.read_config()?;
         let cfg_path = run.join(files::CONFIG);
-        let text = std::fs::read_to_string(&cfg_path).map_err(io_err(&cfg_path))?;
-        let cfg: RunConfig = toml::from_str(&text).map_err(|e| EvalError::Data {
-            path: cfg_path.clone(),
-            reason: e.to_string(),
-        })?;
         let variant = cfg.variant.parse().map_err(|reason| EvalError::Data {
             path: cfg_path.clone(),
             reason,
@@ -44,7 +41,7 @@ impl Backbone {
                 path: cfg_path.clone(),
                 reason: "the run has no stage".into(),
             })?;
-        let stage = RunDir::new(run).stage_dir(k, &cfg.stages[k].name);
+        let stage = run_dir.stage_dir(k, &cfg.stages[k].name);
         if !stage.join(files::DONE).exists() {
             return Err(EvalError::Data {
                 path: stage,

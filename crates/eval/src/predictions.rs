@@ -11,7 +11,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{io_err, EvalError, Result};
+use crate::error::{io_err, read_json, write_json, EvalError, Result};
 use crate::metrics::{percent, soft_accuracy};
 
 /// A downstream task whose predictions are scored from files.
@@ -82,31 +82,14 @@ pub struct Score {
     pub n: usize,
 }
 
-fn write_json<T: Serialize>(path: &Path, v: &T) -> Result<()> {
-    let bytes = serde_json::to_vec(v).map_err(|source| EvalError::Json {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    msp_curriculum::write_atomic(path, &bytes)?;
-    Ok(())
-}
-
-fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
-    let bytes = std::fs::read(path).map_err(io_err(path))?;
-    serde_json::from_slice(&bytes).map_err(|source| EvalError::Json {
-        path: path.to_path_buf(),
-        source,
-    })
-}
-
 /// Writes VQA predictions (atomically).
 pub fn write_vqa_predictions(path: &Path, p: &[VqaPrediction]) -> Result<()> {
-    write_json(path, &p)
+    write_json(path, &p, false)
 }
 
 /// Writes GQA predictions (atomically).
 pub fn write_gqa_predictions(path: &Path, p: &[GqaPrediction]) -> Result<()> {
-    write_json(path, &p)
+    write_json(path, &p, false)
 }
 
 /// Writes NLVR2 predictions as `identifier,True|False` lines (atomically).

@@ -3,6 +3,7 @@
 //! paper's LXMERT-S numbers beside ours, labelled as the paper's (real data), and the
 //! synthetic world's text-only and oracle baselines when known.
 
+use msp_synth::TaskBaseline;
 use serde::{Deserialize, Serialize};
 
 use crate::retrieval::RetrievalScores;
@@ -27,21 +28,6 @@ pub mod paper {
     ];
     /// Table 1 row of LXMERT for comparison: parameters (M), pairs (M), resources.
     pub const LXMERT: (f64, f64, &str) = (183.5, 9.18, "4 TitanX GPUs, 8.5 days");
-}
-
-/// A text-only / oracle reference of the synthetic world (fractions as in `world.json`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Baseline {
-    /// Task (`vqa`, `gqa`, `nlvr2`, `flickr30k IR`, `flickr30k TR`).
-    pub task: String,
-    /// Split.
-    pub split: String,
-    /// Metric.
-    pub metric: String,
-    /// Text-only baseline (fraction).
-    pub text_only: f64,
-    /// Scene-graph oracle (fraction).
-    pub oracle: f64,
 }
 
 /// Table 1 measurements of our run.
@@ -90,7 +76,7 @@ pub struct Report {
     /// Downstream results.
     pub results: DownstreamResults,
     /// Synthetic-world baselines (empty on real data).
-    pub baselines: Vec<Baseline>,
+    pub baselines: Vec<TaskBaseline>,
 }
 
 fn f2(x: f64) -> String {
@@ -112,13 +98,13 @@ fn human_count(n: usize) -> String {
 }
 
 impl Report {
-    fn baseline(&self, task: &str, split: &str, metric: &str) -> Option<&Baseline> {
+    fn baseline(&self, task: &str, split: &str, metric: &str) -> Option<&TaskBaseline> {
         self.baselines
             .iter()
             .find(|b| b.task == task && b.split == split && b.metric == metric)
     }
 
-    fn baseline_row(&self, name: &str, pick: impl Fn(&Baseline) -> f64) -> Option<Vec<String>> {
+    fn baseline_row(&self, name: &str, pick: impl Fn(&TaskBaseline) -> f64) -> Option<Vec<String>> {
         let keys = [
             ("vqa", "minival", "vqa soft score"),
             ("vqa", "test", "vqa soft score"),
@@ -163,10 +149,14 @@ impl Report {
             opt(r.nlvr2.as_ref().map(|x| x.valid_accuracy)),
             opt(r.nlvr2.as_ref().map(|x| x.test_accuracy)),
         ]);
-        if let Some(row) = self.baseline_row("text-only baseline (world.json)", |b| b.text_only) {
+        if let Some(row) = self.baseline_row("text-only baseline (world.json)", |b| {
+            f64::from(b.text_only)
+        }) {
             rows.push(row);
         }
-        if let Some(row) = self.baseline_row("scene-graph oracle (world.json)", |b| b.oracle) {
+        if let Some(row) =
+            self.baseline_row("scene-graph oracle (world.json)", |b| f64::from(b.oracle))
+        {
             rows.push(row);
         }
         rows
@@ -233,9 +223,11 @@ impl Report {
         for (name, pick) in [
             (
                 "text-only baseline (world.json)",
-                &(|b: &Baseline| b.text_only) as &dyn Fn(&Baseline) -> f64,
+                &(|b: &TaskBaseline| f64::from(b.text_only)) as &dyn Fn(&TaskBaseline) -> f64,
             ),
-            ("scene-graph oracle (world.json)", &|b: &Baseline| b.oracle),
+            ("scene-graph oracle (world.json)", &|b: &TaskBaseline| {
+                f64::from(b.oracle)
+            }),
         ] {
             let get = |task: &str, k: &str| {
                 self.baseline(task, "test", &format!("recall@{k}"))

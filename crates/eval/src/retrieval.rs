@@ -96,13 +96,11 @@ impl RetrievalData {
                 ),
             });
         }
-        let hn = data.dir.join(layout::HARD_NEGATIVES);
-        let pool = if hn.exists() {
-            HardNegativePool::read_json(&hn)?
-        } else {
-            let store = &data.stores[train[0].image.store];
-            HardNegativePool::compute(store, 100.min(store.len().saturating_sub(1)).max(1))?
-        };
+        let pool = HardNegativePool::read_or_compute(
+            data.dir.join(layout::HARD_NEGATIVES),
+            &data.stores[train[0].image.store],
+            100,
+        )?;
         let by_id: HashMap<&str, usize> = train
             .iter()
             .enumerate()

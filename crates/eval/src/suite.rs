@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::FinetuneConfig;
 use crate::data::DownstreamData;
-use crate::error::{EvalError, Result};
+use crate::error::{read_json, write_json, EvalError, Result};
 use crate::model::Backbone;
 use crate::nlvr2::{finetune_nlvr2, Nlvr2Data, Nlvr2Result};
 use crate::qa::{finetune_qa, QaData, QaKind, QaResult};
@@ -83,26 +83,9 @@ pub struct DownstreamResults {
     pub retrieval: Option<RetrievalResult>,
 }
 
+/// The JSON at `path` when the file exists.
 fn cached<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Option<T>> {
-    if !path.exists() {
-        return Ok(None);
-    }
-    let bytes = std::fs::read(path).map_err(crate::error::io_err(path))?;
-    serde_json::from_slice(&bytes)
-        .map(Some)
-        .map_err(|source| EvalError::Json {
-            path: path.to_path_buf(),
-            source,
-        })
-}
-
-fn save<T: Serialize>(path: &Path, v: &T) -> Result<()> {
-    let bytes = serde_json::to_vec_pretty(v).map_err(|source| EvalError::Json {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    msp_curriculum::write_atomic(path, &bytes)?;
-    Ok(())
+    path.exists().then(|| read_json(path)).transpose()
 }
 
 /// Records what the results in `out` are made from (`config.json`: fine-tuning table, seed,
@@ -133,7 +116,7 @@ fn check_or_record(
                 .into(),
         }),
         Some(_) => Ok(()),
-        None => save(&path, &record),
+        None => write_json(&path, &record, true),
     }
 }
 
@@ -184,7 +167,7 @@ pub fn run_suite(
                         #[allow(clippy::redundant_closure_call)]
                         ($body)(progress)?
                     };
-                    save(&result_path, &v)?;
+                    write_json(&result_path, &v, true)?;
                     // The best epoch's weights were only needed to reload them.
                     let best = dir.join("best.safetensors");
                     if best.exists() {

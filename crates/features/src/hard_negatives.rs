@@ -96,6 +96,21 @@ impl HardNegativePool {
         Ok(pool)
     }
 
+    /// The pool saved at `path` when the file exists, else [`HardNegativePool::compute`]d
+    /// over `store` with `top` neighbours (ViLBERT's default is 100).
+    pub fn read_or_compute(
+        path: impl AsRef<Path>,
+        store: &FeatureStore,
+        top: usize,
+    ) -> Result<Self> {
+        let path = path.as_ref();
+        if path.exists() {
+            Self::read_json(path)
+        } else {
+            Self::compute(store, top)
+        }
+    }
+
     /// Writes the JSON form (temporary name, then rename).
     pub fn write_json(&self, path: impl AsRef<Path>) -> Result<()> {
         let path = path.as_ref();
