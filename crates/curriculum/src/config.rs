@@ -397,6 +397,14 @@ pub struct ModelPreset {
     pub dropout: f64,
 }
 
+/// The `[model]` key a model-config field comes from (both dropouts are `dropout`).
+fn preset_field(field: &str) -> &str {
+    match field {
+        "hidden_dropout_prob" | "attention_probs_dropout_prob" => "dropout",
+        other => other,
+    }
+}
+
 fn default_variant() -> String {
     "lxmert-s".into()
 }
@@ -428,6 +436,29 @@ impl ModelPreset {
             .map_err(|reason| CurriculumError::Config {
                 field: "model.variant".into(),
                 reason,
+            })
+    }
+
+    /// Checks the sizes and dropout with the model's own rules (heads divide the hidden
+    /// width, sizes positive, dropout in [0, 1)), before any data is read. The data-dependent
+    /// fields get a placeholder shape of ones, so only this table's values can fail.
+    pub fn validate(&self) -> Result<()> {
+        self.variant()?;
+        let placeholder = DataShape {
+            vocab_size: 1,
+            feature_dim: 1,
+            num_objects: 1,
+            num_attributes: 1,
+            cls_token_id: 0,
+        };
+        self.model_config(&placeholder)
+            .validate()
+            .map_err(|e| match e {
+                msp_model::ModelError::Config { field, reason } => CurriculumError::Config {
+                    field: format!("model.{}", preset_field(field)),
+                    reason,
+                },
+                other => other.into(),
             })
     }
 
@@ -487,7 +518,7 @@ struct PresetTables {
 
 impl Preset {
     /// Parses the `[model]` and `[pretrain]` tables of a preset TOML text (both required,
-    /// unknown keys refused).
+    /// unknown keys refused) and validates them; every error names `origin`.
     pub fn from_toml_str(text: &str, origin: &Path) -> Result<Self> {
         let terr = |message: String| CurriculumError::Toml {
             path: origin.to_path_buf(),
@@ -504,8 +535,10 @@ impl Preset {
             .ok_or_else(|| terr("no [pretrain] table".into()))?
             .try_into()
             .map_err(|e: toml::de::Error| terr(format!("[pretrain]: {e}")))?;
-        pretrain.validate()?;
-        model.variant()?;
+        pretrain
+            .validate()
+            .and_then(|()| model.validate())
+            .map_err(|e| terr(e.to_string()))?;
         Ok(Self { model, pretrain })
     }
 
@@ -614,9 +647,22 @@ sentence = { epochs = 1, batch_size = 8, max_steps = 3 }
             matches!(&e, Err(CurriculumError::Toml { message, .. }) if message.contains("layers"))
         );
         let bad = good.replace("lr = 1e-4", "lr = -1.0");
-        assert!(matches!(
-            Preset::from_toml_str(&bad, Path::new("p.toml")),
-            Err(CurriculumError::Config { .. })
-        ));
+        let e = Preset::from_toml_str(&bad, Path::new("p.toml"));
+        assert!(
+            matches!(&e, Err(CurriculumError::Toml { path, message }) if path == Path::new("p.toml") && message.contains("pretrain.lr")),
+            "{e:?}"
+        );
+        let bad = good.replace("hidden_size = 64", "hidden_size = 66");
+        let e = Preset::from_toml_str(&bad, Path::new("p.toml"));
+        assert!(
+            matches!(&e, Err(CurriculumError::Toml { message, .. }) if message.contains("model.num_attention_heads")),
+            "{e:?}"
+        );
+        let bad = good.replace("x_layers = 2", "x_layers = 2\ndropout = 1.0");
+        let e = Preset::from_toml_str(&bad, Path::new("p.toml"));
+        assert!(
+            matches!(&e, Err(CurriculumError::Toml { message, .. }) if message.contains("model.dropout")),
+            "{e:?}"
+        );
     }
 }

@@ -49,14 +49,21 @@ pub struct LoadReport {
     pub shape_mismatches: Vec<ShapeMismatch>,
     /// Dtype differences (converted, loaded).
     pub dtype_mismatches: Vec<DtypeMismatch>,
+    /// Tensors whose dtype cannot be converted to the variable's without changing what the
+    /// values mean (integer ↔ floating point); not loaded.
+    pub bad_dtypes: Vec<DtypeMismatch>,
     /// Checkpoint names that were renamed (`from` → `to`).
     pub renamed: Vec<(String, String)>,
 }
 
 impl LoadReport {
-    /// True when every variable was loaded and every tensor used (dtype conversions allowed).
+    /// True when every variable was loaded and every tensor used (float dtype conversions
+    /// allowed).
     pub fn is_complete(&self) -> bool {
-        self.missing.is_empty() && self.unexpected.is_empty() && self.shape_mismatches.is_empty()
+        self.missing.is_empty()
+            && self.unexpected.is_empty()
+            && self.shape_mismatches.is_empty()
+            && self.bad_dtypes.is_empty()
     }
 
     /// One line: counts and the first few names of each problem.
@@ -73,7 +80,12 @@ impl LoadReport {
             .iter()
             .map(|m| format!("{} {:?} vs file {:?}", m.name, m.expected, m.found))
             .collect();
-        format!(
+        let dtypes: Vec<String> = self
+            .bad_dtypes
+            .iter()
+            .map(|m| format!("{} {} vs file {}", m.name, m.expected, m.found))
+            .collect();
+        let mut s = format!(
             "{} loaded; {} missing [{}]; {} unexpected [{}]; {} shape mismatches [{}]; {} dtype conversions",
             self.loaded.len(),
             self.missing.len(),
@@ -83,7 +95,15 @@ impl LoadReport {
             shapes.len(),
             few(&shapes),
             self.dtype_mismatches.len()
-        )
+        );
+        if !dtypes.is_empty() {
+            s.push_str(&format!(
+                "; {} unusable dtypes [{}]",
+                dtypes.len(),
+                few(&dtypes)
+            ));
+        }
+        s
     }
 }
 
@@ -94,7 +114,7 @@ pub struct LoadOptions {
     pub deny_missing: bool,
     /// Fail if the file has a tensor the model does not.
     pub deny_unexpected: bool,
-    /// Fail on a shape mismatch.
+    /// Fail on a shape mismatch or an unusable dtype (integer ↔ floating point).
     pub deny_shape_mismatch: bool,
     /// Row of `bert.word_embeddings` (LXMERT-S) taken as the visual [CLS] (the [CLS] id).
     pub cls_token_id: usize,
@@ -218,11 +238,18 @@ pub fn load_tensors(
             continue;
         }
         if value.dtype() != var.dtype() {
-            report.dtype_mismatches.push(DtypeMismatch {
+            let mismatch = DtypeMismatch {
                 name: name.clone(),
                 expected: format!("{:?}", var.dtype()),
                 found: format!("{:?}", value.dtype()),
-            });
+            };
+            // f16/bf16/f64 weights convert to the variable's float type; integers do not
+            // hold weights (a checkpoint with them is corrupt or not a weight file).
+            if value.dtype().is_float() != var.dtype().is_float() {
+                report.bad_dtypes.push(mismatch);
+                continue;
+            }
+            report.dtype_mismatches.push(mismatch);
         }
         let value = value.to_dtype(var.dtype())?.to_device(var.device())?;
         var.set(&value)?;
@@ -236,7 +263,8 @@ pub fn load_tensors(
         .collect();
     let fail = (opts.deny_missing && !report.missing.is_empty())
         || (opts.deny_unexpected && !report.unexpected.is_empty())
-        || (opts.deny_shape_mismatch && !report.shape_mismatches.is_empty());
+        || (opts.deny_shape_mismatch
+            && !(report.shape_mismatches.is_empty() && report.bad_dtypes.is_empty()));
     if fail {
         return Err(ModelError::Checkpoint {
             path: path.to_path_buf(),
@@ -252,7 +280,8 @@ pub fn load_safetensors(varmap: &VarMap, path: &Path, opts: LoadOptions) -> Resu
     load_tensors(varmap, tensors, path, opts, &|_| true)
 }
 
-/// Reads every tensor of a safetensors file onto the CPU.
+/// Reads every tensor of a safetensors file onto the CPU. Errors name the file (a truncated
+/// or corrupt file is a [`ModelError::BadFile`]).
 pub fn read_safetensors(path: &Path) -> Result<HashMap<String, Tensor>> {
     if !path.exists() {
         return Err(ModelError::Io {
@@ -261,7 +290,10 @@ pub fn read_safetensors(path: &Path) -> Result<HashMap<String, Tensor>> {
             source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
         });
     }
-    Ok(candle_core::safetensors::load(path, &Device::Cpu)?)
+    candle_core::safetensors::load(path, &Device::Cpu).map_err(|e| ModelError::BadFile {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })
 }
 
 /// Writes `tensors` to `path` atomically (temporary file in the same folder, then rename).

@@ -135,12 +135,13 @@ impl Config {
             path: path.to_path_buf(),
             reason: e.to_string(),
         })?;
-        let cfg = Self::from_json_str(&text).map_err(|e| match e {
-            ModelError::ConfigFile { reason, .. } => ModelError::ConfigFile {
-                path: path.to_path_buf(),
-                reason,
+        // Parse and validation errors both name the file.
+        let cfg = Self::from_json_str(&text).map_err(|e| ModelError::ConfigFile {
+            path: path.to_path_buf(),
+            reason: match e {
+                ModelError::ConfigFile { reason, .. } => reason,
+                other => other.to_string(),
             },
-            other => other,
         })?;
         Ok(cfg)
     }

@@ -15,8 +15,8 @@ pub enum ModelError {
         /// Why it is rejected.
         reason: String,
     },
-    /// A config file could not be read or parsed.
-    #[error("cannot read model config {path}: {reason}")]
+    /// A config file could not be read, parsed or validated.
+    #[error("model config {path}: {reason}")]
     ConfigFile {
         /// The file.
         path: PathBuf,
@@ -48,6 +48,14 @@ pub enum ModelError {
         path: PathBuf,
         /// The underlying error.
         source: std::io::Error,
+    },
+    /// A safetensors file that cannot be read (truncated, corrupt header, unknown dtype).
+    #[error("{path}: not a readable safetensors file: {reason}")]
+    BadFile {
+        /// The file.
+        path: PathBuf,
+        /// The safetensors or candle error.
+        reason: String,
     },
     /// The BERT checkpoint was not found locally (this crate never downloads).
     #[error("BERT weights not found: {0}")]

@@ -7,7 +7,7 @@ use tokenizers::normalizers::bert::BertNormalizer;
 use tokenizers::pre_tokenizers::bert::BertPreTokenizer;
 use tokenizers::Tokenizer;
 
-use crate::error::{io_err, write_atomic, Result, TextError};
+use crate::error::{io_err, read_utf8, write_atomic, Result, TextError};
 
 /// How position ids are assigned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -91,9 +91,10 @@ impl BertTokenizer {
     pub fn from_vocab_file(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
         let context = path.display().to_string();
-        // Read first so a missing file is an I/O error naming the path.
-        std::fs::metadata(path).map_err(io_err(path))?;
-        let vocab = WordPiece::read_file(&path.to_string_lossy()).map_err(tok_err(&context))?;
+        // Read here so a missing file is an I/O error naming the path and a non-UTF-8 one
+        // names its first bad line.
+        let text = read_utf8(path)?;
+        let vocab = WordPiece::read_bytes(text.as_bytes()).map_err(tok_err(&context))?;
         if vocab.is_empty() {
             return Err(TextError::Empty {
                 path: path.to_path_buf(),
