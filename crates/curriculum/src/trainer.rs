@@ -214,6 +214,7 @@ fn save_stage(
     };
     model.save(&dir.join(&ckpt))?;
     opt.save(&dir.join(&moments))?;
+    msp_features::pause_point("pretrain.checkpoint.weights");
     state.checkpoint_file = ckpt;
     state.optimizer_file = moments;
     let json = serde_json::to_vec_pretty(state).map_err(|source| CurriculumError::Json {
@@ -221,6 +222,7 @@ fn save_stage(
         source,
     })?;
     write_atomic(&dir.join(files::STATE), &json)?;
+    msp_features::pause_point("pretrain.checkpoint.committed");
     for entry in std::fs::read_dir(dir).map_err(io_err(dir))? {
         let entry = entry.map_err(io_err(dir))?;
         let name = entry.file_name().to_string_lossy().into_owned();
@@ -471,6 +473,7 @@ pub fn pretrain(
                         }
                         sums.clear();
                         total_sum = 0.0;
+                        msp_features::pause_point("pretrain.step");
                         if state.step % ckpt_every == 0 && state.step < total_steps {
                             save_stage(&model, &opt, &dir, &mut state)?;
                             // Checkpoint time counts neither in the stage's training time
@@ -489,6 +492,7 @@ pub fn pretrain(
         state.finished = true;
         save_stage(&model, &opt, &dir, &mut state)?;
         crate::plot::plot_stage(run, &st.name)?;
+        msp_features::pause_point("pretrain.stage.done");
         write_atomic(&dir.join(files::DONE), b"done\n")?;
         last_checkpoint = Some(dir.join(files::CHECKPOINT));
         let summary = summary_of(run, &state, false)?;

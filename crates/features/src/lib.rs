@@ -65,11 +65,13 @@
 
 mod error;
 mod hard_negatives;
+mod pause;
 mod store;
 mod tsv;
 
 pub use error::{FeatureError, Result};
 pub use hard_negatives::HardNegativePool;
+pub use pause::{pause_point, PAUSED_MARKER, PAUSE_ENV};
 pub use store::{
     convert, ConvertOptions, ConvertProgress, ConvertReport, FeatureStats, FeatureStore,
     ImageRegions, RegionBatch, RegionBuffers, StoreDtype, INDEX_FILE, REGIONS_FILE,

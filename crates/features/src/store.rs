@@ -260,6 +260,7 @@ pub fn convert(
             ids.push(rec.img_id.clone());
             offsets.push(offsets[offsets.len() - 1] + n as i64);
             img_hw.extend([i64::from(rec.img_h), i64::from(rec.img_w)]);
+            crate::pause_point("features.convert.record");
             progress(&ConvertProgress {
                 file: path,
                 bytes_read: bytes_done + reader.bytes_read(),
@@ -366,6 +367,7 @@ pub fn convert(
     })?;
     std::fs::write(&index_path, json).map_err(|e| FeatureError::io(&index_path, e))?;
 
+    crate::pause_point("features.convert.rename");
     std::fs::rename(&tmp_dir, &opts.out).map_err(|e| FeatureError::io(&opts.out, e))?;
     std::mem::forget(guard);
     Ok(ConvertReport {

@@ -304,12 +304,13 @@ impl World {
         if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent).map_err(io_err(parent))?;
         }
-        let result = write_world(&tmp, spec, progress);
+        let result = write_world(&tmp, spec, progress).and_then(|manifest| {
+            msp_features::pause_point("synth.world.rename");
+            std::fs::rename(&tmp, &dir).map_err(io_err(&dir))?;
+            Ok(manifest)
+        });
         match result {
-            Ok(manifest) => {
-                std::fs::rename(&tmp, &dir).map_err(io_err(&dir))?;
-                Ok(World { dir, manifest })
-            }
+            Ok(manifest) => Ok(World { dir, manifest }),
             Err(e) => {
                 let _ = std::fs::remove_dir_all(&tmp);
                 Err(e)
@@ -597,6 +598,7 @@ fn write_world(
         .map(|a| lex.attr_word(a))
         .collect();
     write_lines(&root.join(layout::ATTRIBUTES_VOCAB), &attrs)?;
+    msp_features::pause_point("synth.world.vocab");
     sizes.insert("labels/objects".into(), labels.len());
     sizes.insert("labels/attributes".into(), attrs.len());
 
