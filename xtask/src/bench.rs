@@ -21,6 +21,21 @@ enum Preset {
 
 #[derive(Subcommand)]
 enum BenchCommand {
+    /// f32 matrix-product speed through candle (the machine's GEMM peak for `bench train`).
+    Gemm {
+        /// Side of the square product.
+        #[arg(long, default_value_t = 2048)]
+        square: usize,
+        /// Rows (batch × tokens) of the layer-shaped products.
+        #[arg(long, default_value_t = 1152)]
+        rows: usize,
+        /// Timed repetitions per shape (median kept).
+        #[arg(long, default_value_t = 5)]
+        reps: usize,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Model forward and training-step (fwd + bwd + SGD) samples/s on CPU f32, peak RSS.
     Model {
         /// Config preset.
@@ -45,12 +60,35 @@ enum BenchCommand {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+        /// Composite candle ops instead of the fused kernels (msp_model::ops).
+        #[arg(long)]
+        composite: bool,
     },
 }
 
 /// Runs a `bench` subcommand.
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     match args.command {
+        BenchCommand::Gemm {
+            square,
+            rows,
+            reps,
+            json,
+        } => {
+            let r = msp_model::bench_gemm(square, rows, reps, &Device::Cpu)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                println!("{:<48} {:>10} {:>10}", "f32 product", "msp ops", "candle");
+                for s in &r.shapes {
+                    println!(
+                        "{:<48} {:>10.1} {:>10.1}  GFLOP/s",
+                        s.name, s.gflops, s.candle_gflops
+                    );
+                }
+                println!("peak: {:.1} GFLOP/s", r.peak_gflops);
+            }
+        }
         BenchCommand::Model {
             config,
             variant,
@@ -59,7 +97,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             regions,
             iters,
             json,
+            composite,
         } => {
+            msp_model::ops::set_fused(!composite);
             let cfg = match config {
                 Preset::Paper => Config::default(),
                 Preset::Tiny => Config::tiny(),

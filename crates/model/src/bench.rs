@@ -275,3 +275,116 @@ pub fn bench_model(
         params_total,
     })
 }
+
+/// One matrix-product shape of [`bench_gemm`] and its measured speed.
+#[derive(Debug, Clone, Serialize)]
+pub struct GemmShape {
+    /// What the shape is (e.g. "square 2048", "visual FFN up").
+    pub name: String,
+    /// Rows of the left operand.
+    pub m: usize,
+    /// Inner dimension.
+    pub k: usize,
+    /// Columns of the result.
+    pub n: usize,
+    /// Whether the right operand is a transposed view (as `Linear` uses its weight).
+    pub rhs_transposed: bool,
+    /// Median seconds per product ([`crate::ops::matmul`], the path the model uses).
+    pub seconds: f64,
+    /// Achieved GFLOP/s (2·m·k·n / seconds).
+    pub gflops: f64,
+    /// GFLOP/s of candle's own `Tensor::matmul` on the same operands.
+    pub candle_gflops: f64,
+}
+
+/// Result of [`bench_gemm`]: f32 matmul speed on this machine through candle.
+#[derive(Debug, Clone, Serialize)]
+pub struct GemmReport {
+    /// Every shape measured.
+    pub shapes: Vec<GemmShape>,
+    /// The best GFLOP/s over all shapes and both paths: the machine's GEMM peak as this
+    /// build reaches it.
+    pub peak_gflops: f64,
+}
+
+/// Measures f32 matrix products through candle on `dev`: a square `square`-sized product
+/// and the products of one LXMERT-S layer (hidden 768, FFN 3072) for `rows` = batch ×
+/// tokens, forward (`x·Wᵀ`) and weight-gradient (`dYᵀ·X`) layouts. Each is run `reps`
+/// times after a warm-up; the median is kept.
+pub fn bench_gemm(square: usize, rows: usize, reps: usize, dev: &Device) -> Result<GemmReport> {
+    let cases: Vec<(String, usize, usize, usize, bool)> = vec![
+        (format!("square {square}"), square, square, square, false),
+        (
+            format!("{rows} × 768 → 768 (attention projection)"),
+            rows,
+            768,
+            768,
+            true,
+        ),
+        (
+            format!("{rows} × 768 → 3072 (FFN up)"),
+            rows,
+            768,
+            3072,
+            true,
+        ),
+        (
+            format!("{rows} × 3072 → 768 (FFN down)"),
+            rows,
+            3072,
+            768,
+            true,
+        ),
+        (
+            format!("768 × {rows} → 3072 (FFN weight gradient)"),
+            768,
+            rows,
+            3072,
+            false,
+        ),
+    ];
+    let mut shapes = Vec::new();
+    for (name, m, k, n, rhs_transposed) in cases {
+        let a = Tensor::randn(0f32, 1.0, (m, k), dev)?;
+        let b = if rhs_transposed {
+            Tensor::randn(0f32, 1.0, (n, k), dev)?.t()?
+        } else {
+            Tensor::randn(0f32, 1.0, (k, n), dev)?
+        };
+        let median = |f: &dyn Fn(&Tensor, &Tensor) -> candle_core::Result<Tensor>| -> Result<f64> {
+            let run = || -> Result<f64> {
+                let t = Instant::now();
+                let c = f(&a, &b)?;
+                c.device().synchronize()?;
+                Ok(t.elapsed().as_secs_f64())
+            };
+            run()?;
+            let mut times = (0..reps.max(1))
+                .map(|_| run())
+                .collect::<Result<Vec<_>>>()?;
+            times.sort_by(f64::total_cmp);
+            Ok(times[times.len() / 2])
+        };
+        let flop = 2.0 * (m * k * n) as f64;
+        let candle_seconds = median(&|a, b| a.matmul(b))?;
+        let seconds = median(&|a, b| crate::ops::matmul(a, b))?;
+        shapes.push(GemmShape {
+            name,
+            m,
+            k,
+            n,
+            rhs_transposed,
+            seconds,
+            gflops: flop / seconds / 1e9,
+            candle_gflops: flop / candle_seconds / 1e9,
+        });
+    }
+    let peak_gflops = shapes
+        .iter()
+        .map(|s| s.gflops.max(s.candle_gflops))
+        .fold(0.0, f64::max);
+    Ok(GemmReport {
+        shapes,
+        peak_gflops,
+    })
+}

@@ -54,8 +54,12 @@ mod loss;
 mod lxmert;
 mod model;
 mod nn;
+pub mod ops;
 
-pub use bench::{bench_model, peak_rss_bytes, pretraining_loss, BenchReport, SyntheticBatch};
+pub use bench::{
+    bench_gemm, bench_model, peak_rss_bytes, pretraining_loss, BenchReport, GemmReport, GemmShape,
+    SyntheticBatch,
+};
 pub use checkpoint::{
     copy_prefix, describe, init_embeddings_from_bert, load_safetensors, load_tensors, map_key,
     read_safetensors, save_varmap, write_safetensors, BertSource, DtypeMismatch, LoadOptions,

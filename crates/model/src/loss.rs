@@ -1,13 +1,8 @@
 //! Losses built from ops that have a backward.
 
-use candle_core::{DType, Result, Tensor, D};
+use candle_core::{DType, Result, Tensor};
 
-/// Mean cross-entropy of `logits [N, C]` against class ids `targets [N]` (u32).
-pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
-    let logp = candle_nn::ops::log_softmax(&logits.to_dtype(DType::F32)?, D::Minus1)?;
-    let picked = logp.gather(&targets.to_dtype(DType::U32)?.unsqueeze(1)?, 1)?;
-    picked.mean_all()?.neg()
-}
+pub use crate::ops::cross_entropy;
 
 /// Rows whose label is a valid class (`>= 0`); negative labels (-1 LXMERT, -100 HF) are ignored.
 /// Returns (flat row indices, their labels) or `None` when every row is ignored.

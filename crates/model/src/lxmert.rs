@@ -4,7 +4,7 @@
 //! One struct per HF submodule (`modeling_lxmert.py`), each built by `load(vb, cfg)` with
 //! `vb.pp(<HF attribute name>)`, so variable names equal checkpoint keys by construction.
 
-use candle_core::{DType, Device, Module, Result, Tensor, D};
+use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use crate::config::{Config, Variant};
@@ -121,11 +121,7 @@ impl LxmertAttention {
         let k = self.split(&self.key.forward(context)?)?;
         let v = self.split(&self.value.forward(context)?)?;
         let scale = 1.0 / (self.head_dim as f64).sqrt();
-        let mut scores = (q.matmul(&k.t()?)? * scale)?;
-        if let Some(m) = mask {
-            scores = scores.broadcast_add(m)?;
-        }
-        let probs = candle_nn::ops::softmax(&scores, D::Minus1)?;
+        let probs = crate::ops::attention_softmax(&q.matmul(&k.t()?)?, mask, scale)?;
         let probs = self.dropout.forward_t(&probs, train)?;
         probs.matmul(&v)?.transpose(1, 2)?.reshape((b, lq, h))
     }

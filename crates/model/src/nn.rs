@@ -1,14 +1,14 @@
 //! Training-safe building blocks.
 //!
 //! candle's fused LayerNorm and `softmax_last_dim` record no backward (see
-//! CANDLE-TRAINING.md), so everything here is composed of primitive ops that do. Random
-//! numbers (init, dropout) come from our own seeded `rand` RNG because the CPU device cannot be
-//! seeded.
+//! CANDLE-TRAINING.md): LayerNorm and GELU here use [`crate::ops`]' fused kernels, which have
+//! one. Random numbers (init, dropout) come from our own seeded `rand` RNG because the CPU
+//! device cannot be seeded.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
-use candle_core::{DType, Device, Module, Result, Shape, Tensor, Var, D};
+use candle_core::{DType, Device, Module, Result, Shape, Tensor, Var};
 use candle_nn::{Init, VarBuilder, VarMap};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -45,11 +45,11 @@ impl Linear {
 
 impl Module for Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.inner.forward(x)
+        crate::ops::linear(x, self.inner.weight(), self.inner.bias())
     }
 }
 
-/// LayerNorm over the last dimension, from primitive ops (mean/variance in f32).
+/// LayerNorm over the last dimension ([`crate::ops::layer_norm`]).
 #[derive(Debug, Clone)]
 pub struct LayerNorm {
     weight: Tensor,
@@ -68,15 +68,7 @@ impl LayerNorm {
 
 impl Module for LayerNorm {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let dtype = x.dtype();
-        let x = x.to_dtype(DType::F32)?;
-        let mean = x.mean_keepdim(D::Minus1)?;
-        let xc = x.broadcast_sub(&mean)?;
-        let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
-        let xn = xc.broadcast_div(&(var + self.eps)?.sqrt()?)?;
-        xn.to_dtype(dtype)?
-            .broadcast_mul(&self.weight)?
-            .broadcast_add(&self.bias)
+        crate::ops::layer_norm(x, &self.weight, &self.bias, self.eps)
     }
 }
 
@@ -187,9 +179,9 @@ impl Dropout {
     }
 }
 
-/// Exact (erf) GELU, as BERT.
+/// Exact (erf) GELU, as BERT ([`crate::ops::gelu`]).
 pub fn gelu(x: &Tensor) -> Result<Tensor> {
-    x.gelu_erf()
+    crate::ops::gelu(x)
 }
 
 /// FNV-1a of a name, mixed with the seed: each variable gets its own stream, so adding a

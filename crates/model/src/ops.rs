@@ -1,0 +1,1095 @@
+//! Fused CPU kernels *with a backward* for the element-wise and row-wise parts of a training
+//! step: LayerNorm, exact (erf) GELU, the attention softmax (scale, additive mask, softmax in
+//! one pass) and softmax cross-entropy.
+//!
+//! candle builds these from 6–15 primitive ops each, and its backward adds a zero-filled
+//! gradient buffer and an addition per op, so on the CPU a training step spent more time in
+//! memory-bound passes than in matrix products (CANDLE-TRAINING.md "Speed on CPU"). Each
+//! function here does one pass forward and one pass backward over f32 rows, in parallel with
+//! rayon. On other devices or dtypes each falls back to the composite of candle ops with the
+//! same value (the reference the kernels are tested against, see the tests below).
+
+use candle_core::{
+    bail, CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Module, Result, Shape,
+    Tensor, D,
+};
+use rayon::prelude::*;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Rows smaller than this many elements are processed several to a rayon task.
+const MIN_TASK_ELEMS: usize = 16 * 1024;
+
+static FUSED: AtomicBool = AtomicBool::new(true);
+
+/// Switches the fused kernels on or off for the whole process (default on); off, every
+/// function here computes its composite reference. For A/B benchmarks and tests.
+pub fn set_fused(on: bool) {
+    FUSED.store(on, Ordering::Relaxed);
+}
+
+/// True when the fused CPU kernels are switched on ([`set_fused`]).
+pub fn fused_enabled() -> bool {
+    FUSED.load(Ordering::Relaxed)
+}
+
+/// True when the fused CPU kernel applies to `x`.
+fn fused(x: &Tensor) -> bool {
+    x.device().is_cpu() && x.dtype() == DType::F32 && fused_enabled()
+}
+
+/// The contiguous f32 slice behind a CPU storage.
+fn slice<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [f32]> {
+    let CpuStorage::F32(data) = s else {
+        bail!("{op}: expected an f32 tensor")
+    };
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&data[a..b]),
+        None => bail!("{op}: expected a contiguous tensor"),
+    }
+}
+
+/// Width of the last dimension and number of rows of `l`.
+fn rows_of(l: &Layout) -> Result<(usize, usize)> {
+    let w = l.dims().last().copied().unwrap_or(1);
+    if w == 0 {
+        bail!("empty last dimension")
+    }
+    Ok((l.shape().elem_count() / w, w))
+}
+
+/// Rows per rayon task for rows of `width` elements.
+fn min_rows(width: usize) -> usize {
+    (MIN_TASK_ELEMS / width.max(1)).max(1)
+}
+
+/// e^x in f32 with only arithmetic (so it vectorises): Cephes' `expf` (2ⁿ·e^r, |r| ≤ ln2/2,
+/// degree-6 polynomial), relative error ≈ 2·10⁻⁷; inputs are clamped to [−87.3, 88].
+/// (`mul_add` is avoided: without FMA in the compile target it is a slow libm call.)
+#[inline(always)]
+fn exp(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const ROUND: f32 = 12_582_912.0; // 1.5·2²³: adding it rounds to an integer
+    let x = x.clamp(-87.3, 88.0);
+    let t = x * LOG2E + ROUND;
+    let n = t - ROUND;
+    let r = n * 2.121_944_4e-4 + (n * -0.693_359_4 + x);
+    let mut p = 1.987_569_1e-4f32;
+    p = p * r + 1.398_2e-3;
+    p = p * r + 8.333_452e-3;
+    p = p * r + 4.166_579_6e-2;
+    p = p * r + 0.166_666_65;
+    p = p * r + 0.5;
+    let e = p * r * r + r + 1.0;
+    let bits = (t.to_bits() as i32 - 0x4B40_0000 + 127) << 23;
+    e * f32::from_bits(bits as u32)
+}
+
+/// erf(x) by Abramowitz & Stegun 7.1.26 (absolute error ≤ 1.5·10⁻⁷).
+#[inline(always)]
+fn erf(x: f32) -> f32 {
+    let a = x.abs();
+    let t = 1.0 / (a * 0.327_591_1 + 1.0);
+    let mut p = 1.061_405_4f32;
+    p = p * t - 1.453_152;
+    p = p * t + 1.421_413_8;
+    p = p * t - 0.284_496_72;
+    p = p * t + 0.254_829_6;
+    let y = 1.0 - p * t * exp(-a * a);
+    y.copysign(x)
+}
+
+const FRAC_1_SQRT_2: f32 = std::f32::consts::FRAC_1_SQRT_2;
+/// 1/√(2π).
+const FRAC_1_SQRT_2PI: f32 = 0.398_942_3;
+
+/// Runs `f(row, out_row)` over the rows of `out` (width `width`) in parallel.
+fn par_rows(out: &mut [f32], width: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
+    out.par_chunks_mut(width)
+        .with_min_len(min_rows(width))
+        .enumerate()
+        .for_each(|(i, o)| f(i, o));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Linear layers and matrix products
+
+/// A 2-D f32 operand for [`par_gemm`]: base pointer and row/column strides (elements).
+#[derive(Clone, Copy)]
+struct Operand {
+    ptr: *const f32,
+    rs: isize,
+    cs: isize,
+}
+
+// SAFETY: an `Operand` is only read, while the storage it points into is borrowed by the
+// calling kernel for the whole (scoped) parallel product.
+unsafe impl Send for Operand {}
+unsafe impl Sync for Operand {}
+
+impl Operand {
+    /// The operand of a 2-D tensor's storage and layout.
+    fn of<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<(Self, &'a [f32])> {
+        let CpuStorage::F32(data) = s else {
+            bail!("{op}: expected an f32 tensor")
+        };
+        let [rs, cs] = l.stride() else {
+            bail!("{op}: expected a 2-D tensor, got {:?}", l.dims())
+        };
+        let (rows, cols) = (l.dims()[0], l.dims()[1]);
+        let last = l.start_offset() + (rows.max(1) - 1) * rs + (cols.max(1) - 1) * cs;
+        if rows * cols > 0 && last >= data.len() {
+            bail!("{op}: layout outside its storage")
+        }
+        let op = Self {
+            ptr: data[l.start_offset()..].as_ptr(),
+            rs: *rs as isize,
+            cs: *cs as isize,
+        };
+        Ok((op, data))
+    }
+
+    /// The operand shifted by `rows` rows and `cols` columns.
+    fn offset(self, rows: usize, cols: usize) -> Self {
+        // SAFETY: callers stay inside the operand's shape (checked by `of`).
+        let ptr = unsafe {
+            self.ptr
+                .offset(rows as isize * self.rs + cols as isize * self.cs)
+        };
+        Self { ptr, ..self }
+    }
+}
+
+/// `dst [m, n] (row-major) = read_dst·dst + lhs [m, k] · rhs [k, n]`, split into one
+/// single-threaded `gemm` per rayon thread along the larger of m and n.
+///
+/// The `gemm` crate's own 2-thread mode reached ≈ 80 GFLOP/s on this project's 2-core
+/// machine against ≈ 75 for one thread; two independent single-threaded products on the two
+/// halves of the output reach nearly twice that (`cargo xtask bench gemm`).
+fn par_gemm(
+    dst: &mut [f32],
+    (m, n, k): (usize, usize, usize),
+    read_dst: bool,
+    lhs: Operand,
+    rhs: Operand,
+) {
+    assert_eq!(dst.len(), m * n, "gemm destination size");
+    let out = SharedMut(dst.as_mut_ptr());
+    let block = |r0: usize, rows: usize, c0: usize, cols: usize| {
+        if rows == 0 || cols == 0 {
+            return;
+        }
+        let (a, b) = (lhs.offset(r0, 0), rhs.offset(0, c0));
+        // SAFETY: the block [r0, r0 + rows) × [c0, c0 + cols) lies inside dst (row stride n),
+        // blocks of different threads are disjoint, and lhs/rhs cover m × k and k × n.
+        unsafe {
+            gemm::gemm(
+                rows,
+                cols,
+                k,
+                out.at(r0 * n + c0),
+                1,
+                n as isize,
+                read_dst,
+                a.ptr,
+                a.cs,
+                a.rs,
+                b.ptr,
+                b.cs,
+                b.rs,
+                1.0,
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            )
+        }
+    };
+    let threads = rayon::current_num_threads().max(1);
+    if threads == 1 || m * n * k < (1 << 18) {
+        block(0, m, 0, n);
+        return;
+    }
+    (0..threads).into_par_iter().for_each(|i| {
+        if m >= n {
+            let c = m.div_ceil(threads);
+            if i * c < m {
+                block(i * c, c.min(m - i * c), 0, n);
+            }
+        } else {
+            let c = n.div_ceil(threads);
+            if i * c < n {
+                block(0, m, i * c, c.min(n - i * c));
+            }
+        }
+    });
+}
+
+/// The destination pointer of [`par_gemm`], shared by threads writing disjoint blocks.
+struct SharedMut(*mut f32);
+
+// SAFETY: only used for writes to disjoint blocks inside one parallel product.
+unsafe impl Send for SharedMut {}
+unsafe impl Sync for SharedMut {}
+
+impl SharedMut {
+    /// The pointer `i` elements in.
+    ///
+    /// # Safety
+    /// `i` must be inside the destination.
+    unsafe fn at(&self, i: usize) -> *mut f32 {
+        unsafe { self.0.add(i) }
+    }
+}
+
+/// `x · Wᵀ + b` for `x [.., in]`, `weight [out, in]`, `bias [out]` (as `torch.nn.Linear`).
+///
+/// On the CPU in f32 the product runs as one single-threaded `gemm` per thread on a block of
+/// the output, with the bias pre-loaded into the output, and the backward uses the same
+/// products (dx = dy·W, dW = dyᵀ·x, db = Σ dy). Elsewhere candle's matmul.
+pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    let dims = x.dims().to_vec();
+    let (out, inp) = weight.dims2()?;
+    if !(fused(x) && fused(weight) && bias.is_none_or(fused)) {
+        return candle_nn::Linear::new(weight.clone(), bias.cloned()).forward(x);
+    }
+    let rows = x.elem_count() / inp.max(1);
+    let x2 = if dims.len() == 2 {
+        x.clone()
+    } else {
+        x.contiguous()?.reshape((rows, inp))?
+    };
+    let bias = match bias {
+        Some(b) => b.contiguous()?,
+        None => Tensor::zeros(out, DType::F32, x.device())?,
+    };
+    let y = x2.apply_op3(weight, &bias, LinearOp)?;
+    let mut out_dims = dims;
+    *out_dims.last_mut().expect("x has a last dimension") = out;
+    y.reshape(out_dims)
+}
+
+/// `lhs [m, k] · rhs [k, n]` for 2-D tensors. On the CPU in f32 (any strides, so transposed
+/// views cost nothing) by the same split products as [`linear`], with a backward; candle's
+/// matmul elsewhere.
+pub fn matmul(lhs: &Tensor, rhs: &Tensor) -> Result<Tensor> {
+    lhs.dims2()?;
+    rhs.dims2()?;
+    if fused(lhs) && fused(rhs) {
+        lhs.apply_op2(rhs, MatmulOp)
+    } else {
+        lhs.matmul(rhs)
+    }
+}
+
+/// [`matmul`] without recording a backward (inside the backward of [`linear`]).
+fn matmul_no_bwd(lhs: &Tensor, rhs: &Tensor) -> Result<Tensor> {
+    lhs.apply_op2_no_bwd(rhs, &MatmulOp)
+}
+
+struct LinearOp;
+
+impl CustomOp3 for LinearOp {
+    fn name(&self) -> &'static str {
+        "msp-linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (x, _) = Operand::of(s1, l1, self.name())?;
+        let (w, _) = Operand::of(s2, l2, self.name())?;
+        let b = slice(s3, l3, self.name())?;
+        let ((m, k), (n, k2)) = (l1.shape().dims2()?, l2.shape().dims2()?);
+        if k != k2 || b.len() != n {
+            bail!(
+                "linear: x [{m}, {k}], weight [{n}, {k2}], bias [{}]",
+                b.len()
+            )
+        }
+        let mut dst = vec![0f32; m * n];
+        if n > 0 {
+            dst.par_chunks_mut(n)
+                .with_min_len(min_rows(n))
+                .for_each(|r| r.copy_from_slice(b));
+        }
+        // rhs [k, n] = Wᵀ: element (i, o) is W[o, i].
+        let wt = Operand {
+            ptr: w.ptr,
+            rs: w.cs,
+            cs: w.rs,
+        };
+        par_gemm(&mut dst, (m, n, k), true, x, wt);
+        Ok((CpuStorage::F32(dst), Shape::from((m, n))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        weight: &Tensor,
+        _bias: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let dx = matmul_no_bwd(grad, weight)?;
+        let dw = matmul_no_bwd(&grad.t()?, x)?;
+        let db = grad.sum(0)?;
+        Ok((Some(dx), Some(dw), Some(db)))
+    }
+}
+
+struct MatmulOp;
+
+impl CustomOp2 for MatmulOp {
+    fn name(&self) -> &'static str {
+        "msp-matmul"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (a, _) = Operand::of(s1, l1, self.name())?;
+        let (b, _) = Operand::of(s2, l2, self.name())?;
+        let ((m, k), (k2, n)) = (l1.shape().dims2()?, l2.shape().dims2()?);
+        if k != k2 {
+            bail!("matmul: [{m}, {k}] · [{k2}, {n}]")
+        }
+        let mut dst = vec![0f32; m * n];
+        par_gemm(&mut dst, (m, n, k), false, a, b);
+        Ok((CpuStorage::F32(dst), Shape::from((m, n))))
+    }
+
+    fn bwd(
+        &self,
+        lhs: &Tensor,
+        rhs: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let dl = matmul_no_bwd(grad, &rhs.t()?)?;
+        let dr = matmul_no_bwd(&lhs.t()?, grad)?;
+        Ok((Some(dl), Some(dr)))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// LayerNorm
+
+/// LayerNorm over the last dimension: `(x − mean) / √(var + eps) · weight + bias`.
+///
+/// Fused on the CPU in f32 (statistics recomputed in the backward rather than stored); the
+/// composite of candle ops elsewhere.
+pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
+    if fused(x) && fused(weight) && fused(bias) {
+        x.contiguous()?.apply_op3(
+            &weight.contiguous()?,
+            &bias.contiguous()?,
+            LayerNormOp { eps: eps as f32 },
+        )
+    } else {
+        layer_norm_composite(x, weight, bias, eps)
+    }
+}
+
+/// LayerNorm from primitive candle ops (statistics in f32): the reference and the fallback.
+pub fn layer_norm_composite(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    eps: f64,
+) -> Result<Tensor> {
+    let dtype = x.dtype();
+    let x = x.to_dtype(DType::F32)?;
+    let mean = x.mean_keepdim(D::Minus1)?;
+    let xc = x.broadcast_sub(&mean)?;
+    let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
+    let xn = xc.broadcast_div(&(var + eps)?.sqrt()?)?;
+    xn.to_dtype(dtype)?
+        .broadcast_mul(weight)?
+        .broadcast_add(bias)
+}
+
+/// Mean and 1/√(var + eps) of one row.
+#[inline]
+fn row_stats(x: &[f32], eps: f32) -> (f32, f32) {
+    let n = x.len() as f32;
+    let mean = x.iter().sum::<f32>() / n;
+    let var = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n;
+    (mean, 1.0 / (var + eps).sqrt())
+}
+
+struct LayerNormOp {
+    eps: f32,
+}
+
+impl CustomOp3 for LayerNormOp {
+    fn name(&self) -> &'static str {
+        "msp-layer-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (x, g, b) = (
+            slice(s1, l1, self.name())?,
+            slice(s2, l2, self.name())?,
+            slice(s3, l3, self.name())?,
+        );
+        let (_, h) = rows_of(l1)?;
+        if g.len() != h || b.len() != h {
+            bail!("layer-norm: weight/bias of {} for rows of {h}", g.len())
+        }
+        let mut out = vec![0f32; x.len()];
+        par_rows(&mut out, h, |r, o| {
+            let xr = &x[r * h..(r + 1) * h];
+            let (mean, rstd) = row_stats(xr, self.eps);
+            for j in 0..h {
+                o[j] = (xr[j] - mean) * rstd * g[j] + b[j];
+            }
+        });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        weight: &Tensor,
+        _bias: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let packed = x.apply_op3_no_bwd(
+            weight,
+            &grad.contiguous()?,
+            &LayerNormGradOp { eps: self.eps },
+        )?;
+        let (rows, h) = (x.elem_count() / weight.elem_count(), weight.elem_count());
+        let dx = packed.narrow(0, 0, rows)?.reshape(x.shape())?;
+        let dweight = packed.get(rows)?;
+        let dbias = packed.get(rows + 1)?;
+        debug_assert_eq!(dweight.elem_count(), h);
+        Ok((Some(dx), Some(dweight), Some(dbias)))
+    }
+}
+
+/// Gradients of LayerNorm, packed as `[rows + 2, h]`: the rows of dx, then dweight, dbias.
+struct LayerNormGradOp {
+    eps: f32,
+}
+
+impl CustomOp3 for LayerNormGradOp {
+    fn name(&self) -> &'static str {
+        "msp-layer-norm-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (x, g, dy) = (
+            slice(s1, l1, self.name())?,
+            slice(s2, l2, self.name())?,
+            slice(s3, l3, self.name())?,
+        );
+        let (rows, h) = rows_of(l1)?;
+        let mut out = vec![0f32; (rows + 2) * h];
+        let (dx, dparams) = out.split_at_mut(rows * h);
+        let per_task = min_rows(h);
+        // dx row by row; dweight/dbias as one partial sum per task, added in task order.
+        let partials: Vec<Vec<f32>> = dx
+            .par_chunks_mut(per_task * h)
+            .enumerate()
+            .map(|(c, dxc)| {
+                let mut acc = vec![0f32; 2 * h];
+                let (dw, db) = acc.split_at_mut(h);
+                for (k, dxr) in dxc.chunks_mut(h).enumerate() {
+                    let r = c * per_task + k;
+                    let xr = &x[r * h..(r + 1) * h];
+                    let dyr = &dy[r * h..(r + 1) * h];
+                    let (mean, rstd) = row_stats(xr, self.eps);
+                    let (mut sum_g, mut sum_gx) = (0f32, 0f32);
+                    for j in 0..h {
+                        let xhat = (xr[j] - mean) * rstd;
+                        let gj = dyr[j] * g[j];
+                        sum_g += gj;
+                        sum_gx += gj * xhat;
+                        dw[j] += dyr[j] * xhat;
+                        db[j] += dyr[j];
+                    }
+                    let (mg, mgx) = (sum_g / h as f32, sum_gx / h as f32);
+                    for j in 0..h {
+                        let xhat = (xr[j] - mean) * rstd;
+                        dxr[j] = rstd * (dyr[j] * g[j] - mg - xhat * mgx);
+                    }
+                }
+                acc
+            })
+            .collect();
+        for p in &partials {
+            for (d, v) in dparams.iter_mut().zip(p) {
+                *d += v;
+            }
+        }
+        Ok((CpuStorage::F32(out), Shape::from((rows + 2, h))))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// GELU
+
+/// Exact GELU `x · Φ(x)` (BERT's `gelu`). Fused on the CPU in f32 (erf to 1.5·10⁻⁷);
+/// candle's `gelu_erf` elsewhere.
+pub fn gelu(x: &Tensor) -> Result<Tensor> {
+    if fused(x) {
+        x.contiguous()?.apply_op1(GeluOp)
+    } else {
+        x.gelu_erf()
+    }
+}
+
+/// Elements per rayon task of an element-wise kernel.
+const ELEMWISE_TASK: usize = 8 * 1024;
+
+struct GeluOp;
+
+impl CustomOp1 for GeluOp {
+    fn name(&self) -> &'static str {
+        "msp-gelu"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = slice(s, l, self.name())?;
+        let mut out = vec![0f32; x.len()];
+        out.par_chunks_mut(ELEMWISE_TASK)
+            .zip(x.par_chunks(ELEMWISE_TASK))
+            .for_each(|(o, x)| {
+                for (o, &v) in o.iter_mut().zip(x) {
+                    *o = 0.5 * v * (1.0 + erf(v * FRAC_1_SQRT_2));
+                }
+            });
+        Ok((CpuStorage::F32(out), l.shape().clone()))
+    }
+
+    fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(x.apply_op2_no_bwd(&grad.contiguous()?, &GeluGradOp)?))
+    }
+}
+
+/// `dy · (Φ(x) + x·φ(x))`.
+struct GeluGradOp;
+
+impl CustomOp2 for GeluGradOp {
+    fn name(&self) -> &'static str {
+        "msp-gelu-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (x, dy) = (slice(s1, l1, self.name())?, slice(s2, l2, self.name())?);
+        let mut out = vec![0f32; x.len()];
+        out.par_chunks_mut(ELEMWISE_TASK)
+            .zip(
+                x.par_chunks(ELEMWISE_TASK)
+                    .zip(dy.par_chunks(ELEMWISE_TASK)),
+            )
+            .for_each(|(o, (x, dy))| {
+                for ((o, &v), &d) in o.iter_mut().zip(x).zip(dy) {
+                    let cdf = 0.5 * (1.0 + erf(v * FRAC_1_SQRT_2));
+                    let pdf = FRAC_1_SQRT_2PI * exp(-0.5 * v * v);
+                    *o = d * (v * pdf + cdf);
+                }
+            });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Attention softmax
+
+/// `softmax(scores · scale + mask)` over the last dimension, for `scores [B, H, Lq, Lk]` and
+/// an additive `mask` that broadcasts as `[B, 1, 1, Lk]` (or none). Fused on the CPU in f32.
+pub fn attention_softmax(scores: &Tensor, mask: Option<&Tensor>, scale: f64) -> Result<Tensor> {
+    let (b, _, _, lk) = scores.dims4()?;
+    if fused(scores) && mask.is_none_or(fused) {
+        let mask = match mask {
+            Some(m) => m.reshape((b, lk))?.contiguous()?,
+            None => Tensor::zeros((b, lk), DType::F32, scores.device())?,
+        };
+        scores.contiguous()?.apply_op2(
+            &mask,
+            AttentionSoftmaxOp {
+                scale: scale as f32,
+            },
+        )
+    } else {
+        attention_softmax_composite(scores, mask, scale)
+    }
+}
+
+/// [`attention_softmax`] from candle ops: the reference and the fallback.
+pub fn attention_softmax_composite(
+    scores: &Tensor,
+    mask: Option<&Tensor>,
+    scale: f64,
+) -> Result<Tensor> {
+    let mut s = (scores * scale)?;
+    if let Some(m) = mask {
+        s = s.broadcast_add(m)?;
+    }
+    candle_nn::ops::softmax(&s, D::Minus1)
+}
+
+/// In-place softmax of one row.
+#[inline]
+fn softmax_row(o: &mut [f32]) {
+    let max = o.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0f32;
+    for v in o.iter_mut() {
+        *v = exp(*v - max);
+        sum += *v;
+    }
+    let inv = 1.0 / sum;
+    for v in o.iter_mut() {
+        *v *= inv;
+    }
+}
+
+struct AttentionSoftmaxOp {
+    scale: f32,
+}
+
+impl CustomOp2 for AttentionSoftmaxOp {
+    fn name(&self) -> &'static str {
+        "msp-attention-softmax"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (x, mask) = (slice(s1, l1, self.name())?, slice(s2, l2, self.name())?);
+        let (rows, lk) = rows_of(l1)?;
+        let batch = l1.dims()[0];
+        if mask.len() != batch * lk {
+            bail!(
+                "attention-softmax: mask of {} for {batch} × {lk}",
+                mask.len()
+            )
+        }
+        let rows_per_example = rows / batch;
+        let mut out = vec![0f32; x.len()];
+        par_rows(&mut out, lk, |r, o| {
+            let xr = &x[r * lk..(r + 1) * lk];
+            let m = &mask[(r / rows_per_example) * lk..][..lk];
+            for j in 0..lk {
+                o[j] = xr[j] * self.scale + m[j];
+            }
+            softmax_row(o);
+        });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        _scores: &Tensor,
+        _mask: &Tensor,
+        probs: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let dx =
+            probs.apply_op2_no_bwd(&grad.contiguous()?, &SoftmaxGradOp { scale: self.scale })?;
+        Ok((Some(dx), None))
+    }
+}
+
+/// `scale · y ⊙ (dy − ⟨dy, y⟩)` per row.
+struct SoftmaxGradOp {
+    scale: f32,
+}
+
+impl CustomOp2 for SoftmaxGradOp {
+    fn name(&self) -> &'static str {
+        "msp-softmax-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (y, dy) = (slice(s1, l1, self.name())?, slice(s2, l2, self.name())?);
+        let (_, w) = rows_of(l1)?;
+        let mut out = vec![0f32; y.len()];
+        par_rows(&mut out, w, |r, o| {
+            let (yr, dyr) = (&y[r * w..(r + 1) * w], &dy[r * w..(r + 1) * w]);
+            let dot: f32 = yr.iter().zip(dyr).map(|(a, b)| a * b).sum();
+            for j in 0..w {
+                o[j] = self.scale * yr[j] * (dyr[j] - dot);
+            }
+        });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Cross-entropy
+
+/// Mean cross-entropy of `logits [N, C]` against class ids `targets [N]`. Fused on the CPU
+/// for f32 logits (a class id ≥ C is an error); log-softmax and gather elsewhere.
+pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    let targets = targets.to_dtype(DType::U32)?;
+    if fused(logits) && logits.rank() == 2 {
+        logits
+            .contiguous()?
+            .apply_op2(&targets.contiguous()?, CrossEntropyOp)
+    } else {
+        cross_entropy_composite(logits, &targets)
+    }
+}
+
+/// [`cross_entropy`] from candle ops: the reference and the fallback.
+pub fn cross_entropy_composite(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    let logp = candle_nn::ops::log_softmax(&logits.to_dtype(DType::F32)?, D::Minus1)?;
+    let picked = logp.gather(&targets.to_dtype(DType::U32)?.unsqueeze(1)?, 1)?;
+    picked.mean_all()?.neg()
+}
+
+/// The u32 class ids behind a CPU storage, checked against `classes`.
+fn class_ids<'a>(s: &'a CpuStorage, l: &Layout, classes: usize) -> Result<&'a [u32]> {
+    let CpuStorage::U32(data) = s else {
+        bail!("cross-entropy: targets must be u32")
+    };
+    let Some((a, b)) = l.contiguous_offsets() else {
+        bail!("cross-entropy: expected contiguous targets")
+    };
+    let ids = &data[a..b];
+    if let Some(bad) = ids.iter().find(|&&t| t as usize >= classes) {
+        bail!("cross-entropy: class id {bad} out of range for {classes} classes")
+    }
+    Ok(ids)
+}
+
+struct CrossEntropyOp;
+
+impl CustomOp2 for CrossEntropyOp {
+    fn name(&self) -> &'static str {
+        "msp-cross-entropy"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = slice(s1, l1, self.name())?;
+        let (n, c) = rows_of(l1)?;
+        let t = class_ids(s2, l2, c)?;
+        if t.len() != n {
+            bail!("cross-entropy: {} targets for {n} rows", t.len())
+        }
+        let nll: f64 = x
+            .par_chunks(c)
+            .with_min_len(min_rows(c))
+            .zip(t.par_iter())
+            .map(|(row, &t)| {
+                let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let sum: f32 = row.iter().map(|&v| exp(v - max)).sum();
+                f64::from(max + sum.ln() - row[t as usize])
+            })
+            .sum();
+        Ok((
+            CpuStorage::F32(vec![(nll / n as f64) as f32]),
+            Shape::from(()),
+        ))
+    }
+
+    fn bwd(
+        &self,
+        logits: &Tensor,
+        targets: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let d = logits.apply_op2_no_bwd(targets, &CrossEntropyGradOp)?;
+        Ok((Some(d.broadcast_mul(grad)?), None))
+    }
+}
+
+/// `(softmax(x) − onehot(t)) / N`.
+struct CrossEntropyGradOp;
+
+impl CustomOp2 for CrossEntropyGradOp {
+    fn name(&self) -> &'static str {
+        "msp-cross-entropy-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = slice(s1, l1, self.name())?;
+        let (n, c) = rows_of(l1)?;
+        let t = class_ids(s2, l2, c)?;
+        let inv_n = 1.0 / n as f32;
+        let mut out = x.to_vec();
+        par_rows(&mut out, c, |r, o| {
+            softmax_row(o);
+            o[t[r] as usize] -= 1.0;
+            for v in o.iter_mut() {
+                *v *= inv_n;
+            }
+        });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Module, Var};
+
+    fn randn(shape: &[usize], seed: u64, scale: f32) -> Tensor {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let n: usize = shape.iter().product();
+        let v: Vec<f32> = (0..n)
+            .map(|_| (rng.random::<f32>() * 2.0 - 1.0) * scale)
+            .collect();
+        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+    }
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        a.sub(b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar()
+            .unwrap()
+    }
+
+    /// Value and gradients of `f(vars)·w` (w a fixed random projection, so every output
+    /// element gets a different upstream gradient) for the fused and the composite version.
+    fn check(
+        inputs: &[Tensor],
+        fused: impl Fn(&[Tensor]) -> Result<Tensor>,
+        composite: impl Fn(&[Tensor]) -> Result<Tensor>,
+        tol: f32,
+    ) {
+        let run = |f: &dyn Fn(&[Tensor]) -> Result<Tensor>| {
+            let vars: Vec<Var> = inputs
+                .iter()
+                .map(|t| Var::from_tensor(t).unwrap())
+                .collect();
+            let ts: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
+            let y = f(&ts).unwrap();
+            let w = randn(y.dims(), 99, 1.0);
+            let loss = y.mul(&w).unwrap().sum_all().unwrap();
+            let grads = loss.backward().unwrap();
+            let gs: Vec<Tensor> = vars
+                .iter()
+                .map(|v| grads.get(v).expect("every input gets a gradient").clone())
+                .collect();
+            (y, gs)
+        };
+        let (yf, gf) = run(&fused);
+        let (yc, gc) = run(&composite);
+        assert!(
+            max_diff(&yf, &yc) < tol,
+            "value differs by {}",
+            max_diff(&yf, &yc)
+        );
+        for (i, (a, b)) in gf.iter().zip(&gc).enumerate() {
+            let d = max_diff(a, b);
+            assert!(d < tol, "gradient {i} differs by {d}");
+        }
+    }
+
+    #[test]
+    fn exp_and_erf_match_std() {
+        for i in -2000..=2000 {
+            let x = i as f32 * 0.01;
+            let (e, want) = (exp(x), x.exp());
+            assert!(
+                ((e - want) / want).abs() < 5e-7,
+                "exp({x}) = {e}, want {want}"
+            );
+        }
+        // Hand values: erf(0) = 0, erf(0.5) = 0.5204999, erf(1) = 0.8427008, erf(-2) = -0.9953223.
+        for (x, want) in [
+            (0.0f32, 0.0f32),
+            (0.5, 0.520_499_9),
+            (1.0, 0.842_700_8),
+            (-2.0, -0.995_322_3),
+        ] {
+            assert!((erf(x) - want).abs() < 3e-7, "erf({x}) = {}", erf(x));
+        }
+        assert_eq!(exp(-1e4), exp(-87.3));
+        assert!(exp(f32::NAN).is_nan());
+    }
+
+    #[test]
+    fn layer_norm_matches_composite_with_gradients() {
+        let x = randn(&[3, 7, 48], 1, 3.0);
+        let w = randn(&[48], 2, 1.0);
+        let b = randn(&[48], 3, 1.0);
+        check(
+            &[x, w, b],
+            |t| layer_norm(&t[0], &t[1], &t[2], 1e-12),
+            |t| layer_norm_composite(&t[0], &t[1], &t[2], 1e-12),
+            2e-5,
+        );
+    }
+
+    #[test]
+    fn layer_norm_hand_value() {
+        // Row [1, 2, 3]: mean 2, var 2/3, x̂ = [−1.2247449, 0, 1.2247449].
+        let x = Tensor::new(&[[1f32, 2., 3.]], &Device::Cpu).unwrap();
+        let w = Tensor::new(&[1f32, 2., 3.], &Device::Cpu).unwrap();
+        let b = Tensor::new(&[0f32, 1., 0.], &Device::Cpu).unwrap();
+        let y: Vec<f32> = layer_norm(&x, &w, &b, 0.0)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        for (a, e) in y.iter().zip([-1.224_744_9f32, 1.0, 3.674_234_6]) {
+            assert!((a - e).abs() < 1e-6, "{y:?}");
+        }
+    }
+
+    #[test]
+    fn gelu_matches_candle_with_gradient() {
+        let x = randn(&[5, 300], 4, 6.0);
+        check(&[x], |t| gelu(&t[0]), |t| t[0].gelu_erf(), 2e-6);
+        // GELU(1) = 0.8413447, GELU(−1) = −0.1586553.
+        let v: Vec<f32> = gelu(&Tensor::new(&[1f32, -1.], &Device::Cpu).unwrap())
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        assert!((v[0] - 0.841_344_7).abs() < 1e-6 && (v[1] + 0.158_655_3).abs() < 1e-6);
+    }
+
+    #[test]
+    fn attention_softmax_matches_composite_with_gradient() {
+        let s = randn(&[2, 3, 4, 5], 5, 4.0);
+        let mask = Tensor::new(
+            &[[0f32, 0., -10000., 0., 0.], [0., 0., 0., 0., -10000.]],
+            &Device::Cpu,
+        )
+        .unwrap()
+        .reshape((2, 1, 1, 5))
+        .unwrap();
+        check(
+            std::slice::from_ref(&s),
+            |t| attention_softmax(&t[0], Some(&mask), 0.125),
+            |t| attention_softmax_composite(&t[0], Some(&mask), 0.125),
+            1e-6,
+        );
+        check(
+            &[s],
+            |t| attention_softmax(&t[0], None, 1.0),
+            |t| attention_softmax_composite(&t[0], None, 1.0),
+            1e-6,
+        );
+    }
+
+    #[test]
+    fn cross_entropy_matches_composite_with_gradient() {
+        let logits = randn(&[6, 11], 6, 5.0);
+        let t = Tensor::new(&[0u32, 10, 3, 3, 7, 1], &Device::Cpu).unwrap();
+        check(
+            &[logits],
+            |x| cross_entropy(&x[0], &t),
+            |x| cross_entropy_composite(&x[0], &t),
+            1e-6,
+        );
+        // Two classes, logits (0, ln 3): p = 1/4, 3/4; target 0 → ln 4.
+        let l = Tensor::new(&[[0f32, 3f32.ln()]], &Device::Cpu).unwrap();
+        let v: f32 = cross_entropy(&l, &Tensor::new(&[0u32], &Device::Cpu).unwrap())
+            .unwrap()
+            .to_scalar()
+            .unwrap();
+        assert!((v - 4f32.ln()).abs() < 1e-6);
+        assert!(cross_entropy(&l, &Tensor::new(&[2u32], &Device::Cpu).unwrap()).is_err());
+    }
+
+    #[test]
+    fn linear_matches_candle_with_gradients() {
+        // Large enough for the two-thread split (m·n·k ≥ 2¹⁸), on both sides of m = n.
+        for (rows, inp, out) in [(3 * 40, 64, 48), (6, 96, 700)] {
+            let x = randn(&[3, rows / 3, inp], 7, 1.0);
+            let w = randn(&[out, inp], 8, 0.2);
+            let b = randn(&[out], 9, 1.0);
+            check(
+                &[x, w, b],
+                |t| linear(&t[0], &t[1], Some(&t[2])),
+                |t| candle_nn::Linear::new(t[1].clone(), Some(t[2].clone())).forward(&t[0]),
+                2e-4,
+            );
+        }
+    }
+
+    #[test]
+    fn matmul_matches_candle_on_transposed_views() {
+        let a = randn(&[90, 70], 10, 1.0);
+        let b = randn(&[80, 90], 11, 1.0);
+        check(
+            &[a.clone(), b.clone()],
+            |t| matmul(&t[0].t()?, &t[1].t()?),
+            |t| t[0].t()?.matmul(&t[1].t()?),
+            2e-4,
+        );
+        check(
+            &[b, a],
+            |t| matmul(&t[0], &t[1]),
+            |t| t[0].matmul(&t[1]),
+            2e-4,
+        );
+        // Hand value: [[1, 2], [3, 4]] · [[5], [6]] = [[17], [39]].
+        let l = Tensor::new(&[[1f32, 2.], [3., 4.]], &Device::Cpu).unwrap();
+        let r = Tensor::new(&[[5f32], [6.]], &Device::Cpu).unwrap();
+        let v: Vec<Vec<f32>> = matmul(&l, &r).unwrap().to_vec2().unwrap();
+        assert_eq!(v, vec![vec![17.0], vec![39.0]]);
+        assert!(matmul(&l, &l.t().unwrap().narrow(0, 0, 1).unwrap()).is_err());
+    }
+}
