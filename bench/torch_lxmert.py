@@ -1,16 +1,19 @@
-"""PyTorch reference throughput for `cargo xtask bench model` (optional; needs torch + transformers).
+"""PyTorch reference for `cargo xtask bench train --config paper` (optional; needs torch + transformers).
 
-Measures HF `LxmertForPreTraining` with the configuration of the Rust benchmark's
-`--config paper --variant lxmert`: l_layers 0, x_layers 5, r_layers 0, hidden 768, 12 heads,
-FFN 3072, vocab 30522, 9500 QA answers, 20 tokens + 36 regions, CPU f32, the same heads
-(MLM, ITM, obj/attr/feat, QA) through HF's own loss path, dropout on in training, plain SGD.
-One warm-up iteration, then `--iters` timed ones. Prints JSON.
+Measures HF `LxmertForPreTraining` with the configuration of the Rust benchmark's paper
+config: l_layers 0, x_layers 5, r_layers 0, hidden 768, 12 heads, FFN 3072, vocab 30522,
+9500 QA answers, 20 tokens + 36 regions, CPU f32, the same heads (MLM, ITM, obj/attr/feat,
+QA) through HF's own loss path, dropout on, and an Adam-family update (torch.optim.AdamW,
+foreach; the Rust side uses LXMERT's BertAdam, the same amount of work). `--warmup` untimed
+steps, then `--steps` timed ones; prints JSON with the median and spread, like the Rust side.
+See bench/README.md.
 
-    .venv-fixture/bin/python bench/torch_lxmert.py --batch 32 --iters 3
+    .venv-bench/bin/python bench/torch_lxmert.py --batch 32 --steps 5
 """
 import argparse
 import json
 import resource
+import statistics
 import time
 
 import torch
@@ -20,7 +23,8 @@ from transformers import LxmertConfig, LxmertForPreTraining
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--iters", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--text-len", type=int, default=20)
     ap.add_argument("--regions", type=int, default=36)
     args = ap.parse_args()
@@ -47,17 +51,10 @@ def main():
             "feat": (feats, torch.ones(b, n)),
         },
     )
-    model.eval()
-    with torch.no_grad():
-        model(**kw).loss.item()
-        t = time.perf_counter()
-        for _ in range(args.iters):
-            model(**kw).loss.item()
-        fwd = (time.perf_counter() - t) / args.iters
     model.train()
-    opt = torch.optim.SGD(model.parameters(), lr=1e-5)
-    tf = tb = tu = 0.0
-    for i in range(args.iters + 1):
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-5, eps=1e-6, weight_decay=0.01)
+    rows = []
+    for i in range(args.warmup + max(args.steps, 1)):
         a = time.perf_counter()
         loss = model(**kw).loss
         loss.item()
@@ -67,16 +64,19 @@ def main():
         d = time.perf_counter()
         opt.step()
         e = time.perf_counter()
-        if i > 0:
-            tf, tb, tu = tf + c - a, tb + d - c, tu + e - d
-    step = (tf + tb + tu) / args.iters
+        if i >= args.warmup:
+            rows.append((c - a, d - c, e - d))
+    steps = sorted(sum(r) for r in rows)
+    med = statistics.median
     print(json.dumps({
         "impl": f"torch {torch.__version__} / transformers LxmertForPreTraining",
-        "threads": torch.get_num_threads(), "batch": b, "text_len": l, "regions": n, "iters": args.iters,
-        "forward_samples_per_s": b / fwd, "train_samples_per_s": b / step, "train_step_s": step,
-        "train_forward_s": tf / args.iters, "train_backward_s": tb / args.iters, "train_update_s": tu / args.iters,
+        "threads": torch.get_num_threads(), "batch": b, "text_len": l, "regions": n, "steps": len(rows),
+        "samples_per_s": {"median": med([b / s for s in steps]), "min": b / steps[-1], "max": b / steps[0]},
+        "step_s": {"median": med(steps), "min": steps[0], "max": steps[-1]},
+        "split": {"forward_s": med([r[0] for r in rows]), "backward_s": med([r[1] for r in rows]),
+                  "optimizer_s": med([r[2] for r in rows]), "data_s": 0.0},
         "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-        "params_total": sum(p.numel() for p in model.parameters()),
+        "params": sum(p.numel() for p in model.parameters()),
     }, indent=2))
 
 

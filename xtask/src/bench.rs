@@ -1,8 +1,9 @@
 //! `cargo xtask bench …`: throughput measurements (logic in the crates).
 
+use anyhow::Context;
 use candle_core::Device;
-use clap::{Args, Subcommand, ValueEnum};
-use msp_model::{bench_model, Config, Variant};
+use clap::{Args, Subcommand};
+use msp_model::{Config, Variant};
 
 /// Benchmark commands.
 #[derive(Args)]
@@ -11,16 +12,30 @@ pub struct BenchArgs {
     command: BenchCommand,
 }
 
-#[derive(Clone, Copy, ValueEnum)]
-enum Preset {
-    /// The paper's LXMERT-S sizes (hidden 768, x_layers 5, l = r = 0).
-    Paper,
-    /// The tiny test config.
-    Tiny,
-}
-
 #[derive(Subcommand)]
 enum BenchCommand {
+    /// Training-step throughput (forward, backward, optimiser, data), GFLOP/s and fraction of
+    /// the GEMM peak; with a data set also the loader's throughput.
+    Train(TrainArgs),
+    /// `bench train --config paper` and bench/torch_lxmert.py alternately, then the ratio.
+    Compare {
+        /// Python with torch and transformers (default: .venv-bench/bin/python, else
+        /// .venv-fixture/bin/python, else python3).
+        #[arg(long)]
+        python: Option<std::path::PathBuf>,
+        /// Rounds (each runs both once, Rust first).
+        #[arg(long, default_value_t = 2)]
+        rounds: usize,
+        /// Examples per batch.
+        #[arg(long, default_value_t = 32)]
+        batch: usize,
+        /// Timed steps per run.
+        #[arg(long, default_value_t = 5)]
+        steps: usize,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// f32 matrix-product speed through candle (the machine's GEMM peak for `bench train`).
     Gemm {
         /// Side of the square product.
@@ -36,39 +51,19 @@ enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Model forward and training-step (fwd + bwd + SGD) samples/s on CPU f32, peak RSS.
-    Model {
-        /// Config preset.
-        #[arg(long, value_enum, default_value = "paper")]
-        config: Preset,
-        /// lxmert (HF heads, comparable with bench/torch_lxmert.py) or lxmert-s (adds the
-        /// visual [CLS], second pooler and topic head).
-        #[arg(long, default_value = "lxmert")]
-        variant: Variant,
-        /// Batch size.
-        #[arg(long, default_value_t = 32)]
-        batch: usize,
-        /// Tokens per example.
-        #[arg(long, default_value_t = 20)]
-        text_len: usize,
-        /// Regions per example.
-        #[arg(long, default_value_t = 36)]
-        regions: usize,
-        /// Timed iterations (after one warm-up).
-        #[arg(long, default_value_t = 3)]
-        iters: usize,
-        /// Print JSON.
-        #[arg(long)]
-        json: bool,
-        /// Composite candle ops instead of the fused kernels (msp_model::ops).
-        #[arg(long)]
-        composite: bool,
-    },
 }
 
 /// Runs a `bench` subcommand.
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     match args.command {
+        BenchCommand::Train(a) => run_train(a)?,
+        BenchCommand::Compare {
+            python,
+            rounds,
+            batch,
+            steps,
+            json,
+        } => run_compare(python, rounds, batch, steps, json)?,
         BenchCommand::Gemm {
             square,
             rows,
@@ -89,39 +84,312 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
                 println!("peak: {:.1} GFLOP/s", r.peak_gflops);
             }
         }
-        BenchCommand::Model {
-            config,
+    }
+    Ok(())
+}
+
+/// `bench train` options.
+#[derive(Args)]
+struct TrainArgs {
+    /// `paper`: the paper's LXMERT-S sizes with HF's pre-training heads on a random in-memory
+    /// batch (the workload of bench/torch_lxmert.py). A preset name (tiny, small, smoke,
+    /// paper-shape, …): that preset's model and a pre-training stage on its synthetic world
+    /// (or `--data`), first on one batch kept in memory, then through the loader.
+    #[arg(long, default_value = "paper")]
+    config: String,
+    /// Examples per batch.
+    #[arg(long, default_value_t = 32)]
+    batch: usize,
+    /// Timed steps (median and spread reported).
+    #[arg(long, default_value_t = 5)]
+    steps: usize,
+    /// Untimed steps first.
+    #[arg(long, default_value_t = 1)]
+    warmup: usize,
+    /// Tokens per example (`paper` config).
+    #[arg(long, default_value_t = 20)]
+    text_len: usize,
+    /// Regions per example (`paper` config).
+    #[arg(long, default_value_t = 36)]
+    regions: usize,
+    /// Stage whose tasks and texts make the batches (preset configs): token, phrase, sentence.
+    #[arg(long, default_value = "sentence")]
+    stage: String,
+    /// Data directory (preset configs; default: the preset's synthetic world, generated once).
+    #[arg(long)]
+    data: Option<std::path::PathBuf>,
+    /// Batches drawn for the loader-only throughput (preset configs; 0 skips it).
+    #[arg(long, default_value_t = 20)]
+    loader_batches: usize,
+    /// Device: cpu or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// GEMM peak in GFLOP/s to report against (default: measured now with `bench gemm`'s
+    /// shapes).
+    #[arg(long)]
+    gemm_peak: Option<f64>,
+    /// Composite candle ops instead of the fused kernels (msp_model::ops), for A/B runs.
+    #[arg(long)]
+    composite: bool,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// One timing of `bench train` with its FLOP rate.
+#[derive(serde::Serialize)]
+struct TrainRun {
+    #[serde(flatten)]
+    timing: msp_curriculum::StepTiming,
+    /// Analytic FLOP/s at the median step.
+    gflops: f64,
+    /// `gflops` / the GEMM peak.
+    fraction_of_peak: f64,
+}
+
+/// The `bench train` report.
+#[derive(serde::Serialize)]
+struct TrainReport {
+    config: String,
+    variant: String,
+    device: String,
+    fused_kernels: bool,
+    params: usize,
+    text_len: usize,
+    regions: usize,
+    /// Analytic matmul FLOPs of one example's training step (3 × forward).
+    train_gflop_per_sample: f64,
+    gemm_peak_gflops: f64,
+    runs: Vec<TrainRun>,
+    loader: Option<msp_curriculum::LoaderThroughput>,
+    /// Loader batches/s over training steps/s (loader run).
+    loader_over_step: Option<f64>,
+    peak_rss_bytes: Option<u64>,
+}
+
+fn run_train(a: TrainArgs) -> anyhow::Result<()> {
+    use msp_curriculum::{
+        bench_loader, bench_train_data, bench_train_synthetic, parse_device, resolve_config,
+        OptimizerConfig, Preset, Schedule, TrainBenchOptions,
+    };
+    msp_model::ops::set_fused(!a.composite);
+    let device = parse_device(&a.device)?;
+    let gemm_peak = match a.gemm_peak {
+        Some(p) => p,
+        None => msp_model::bench_gemm(1024, 1152, 3, &device)?.peak_gflops,
+    };
+    let opts = TrainBenchOptions {
+        warmup: a.warmup,
+        steps: a.steps.max(1),
+        optimizer: OptimizerConfig::bert_adam(),
+    };
+    let (cfg, variant, text_len, regions, timings, loader) = if a.config == "paper" {
+        let cfg = Config::default();
+        let variant = Variant::Lxmert;
+        let t = bench_train_synthetic(
+            &cfg,
             variant,
-            batch,
+            (a.batch, a.text_len, a.regions),
+            &opts,
+            &device,
+        )?;
+        (cfg, variant, a.text_len, a.regions, vec![t], None)
+    } else {
+        let presets_dir = crate::synth::default_presets_dir();
+        let preset = Preset::load(&presets_dir, &a.config)?;
+        let data_dir = crate::pretrain::data_dir(&a.config, 0, a.data.clone(), &presets_dir)?;
+        let data = crate::pretrain::open_data(&data_dir, &preset)?;
+        let run = resolve_config(
+            &a.config,
+            &preset,
+            &"T,P,S".parse::<Schedule>()?,
+            &[],
+            0,
+            &data,
+        )?;
+        let stage = run
+            .stages
+            .iter()
+            .position(|s| s.name.contains(&a.stage))
+            .ok_or_else(|| {
+                let names: Vec<&str> = run.stages.iter().map(|s| s.name.as_str()).collect();
+                anyhow::anyhow!(
+                    "no stage named {:?} (stages: {})",
+                    a.stage,
+                    names.join(", ")
+                )
+            })?;
+        let workers = run.pretrain.workers;
+        let text_len = run.stages[stage]
+            .sources
+            .iter()
+            .map(|s| s.max_len)
+            .max()
+            .unwrap_or(0);
+        let regions = data.store.num_boxes(0)?;
+        let timings = bench_train_data(&run, &data, stage, a.batch, workers, &opts, &device)?;
+        let loader = if a.loader_batches > 0 {
+            Some(bench_loader(
+                &run,
+                &data,
+                stage,
+                a.batch,
+                workers,
+                a.loader_batches,
+                &device,
+            )?)
+        } else {
+            None
+        };
+        let variant: Variant = run.variant.parse().map_err(anyhow::Error::msg)?;
+        (
+            run.model.clone(),
+            variant,
             text_len,
             regions,
-            iters,
-            json,
-            composite,
-        } => {
-            msp_model::ops::set_fused(!composite);
-            let cfg = match config {
-                Preset::Paper => Config::default(),
-                Preset::Tiny => Config::tiny(),
-            };
-            let r = bench_model(&cfg, variant, batch, text_len, regions, iters, &Device::Cpu)?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&r)?);
-            } else {
-                println!(
-                    "{} batch {} ({} tokens, {} regions), {} params",
-                    r.variant, r.batch, r.text_len, r.regions, r.params_total
-                );
-                println!("forward: {:.2} samples/s", r.forward_samples_per_s);
-                println!(
-                    "train step: {:.2} samples/s ({:.3} s: forward {:.3}, backward {:.3}, update {:.3})",
-                    r.train_samples_per_s, r.train_step_s, r.train_forward_s, r.train_backward_s, r.train_update_s
-                );
-                if let Some(b) = r.peak_rss_bytes {
-                    println!("peak RSS: {:.1} MiB", b as f64 / (1024.0 * 1024.0));
-                }
+            timings.to_vec(),
+            loader,
+        )
+    };
+    // MLM at ≈ 15% of the positions (at least one), as the batches mask.
+    let masked = (text_len as f64 * 0.15).ceil().max(1.0) as usize;
+    let train_flop = 3.0 * msp_model::forward_flops(&cfg, variant, text_len, regions, masked);
+    let params = msp_model::Lxmert::new(&cfg, variant, 1, &Device::Cpu)?
+        .named_vars()
+        .iter()
+        .map(|(_, v)| v.elem_count())
+        .sum();
+    let runs: Vec<TrainRun> = timings
+        .into_iter()
+        .map(|t| {
+            let gflops = train_flop * t.batch_size as f64 / t.step_s.median / 1e9;
+            TrainRun {
+                timing: t,
+                gflops,
+                fraction_of_peak: gflops / gemm_peak,
             }
-        }
+        })
+        .collect();
+    let loader_over_step = loader
+        .as_ref()
+        .zip(runs.last())
+        .map(|(l, r)| l.batches_per_s * r.timing.step_s.median);
+    let report = TrainReport {
+        config: a.config.clone(),
+        variant: variant.to_string(),
+        device: a.device.clone(),
+        fused_kernels: !a.composite,
+        params,
+        text_len,
+        regions,
+        train_gflop_per_sample: train_flop / 1e9,
+        gemm_peak_gflops: gemm_peak,
+        runs,
+        loader,
+        loader_over_step,
+        peak_rss_bytes: msp_model::peak_rss_bytes(),
+    };
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    println!(
+        "{} ({}), {} parameters, {} tokens + {} regions, {:.2} GFLOP per example-step (analytic), GEMM peak {:.1} GFLOP/s, fused kernels {}",
+        report.config, report.variant, report.params, text_len, regions, report.train_gflop_per_sample, gemm_peak, report.fused_kernels
+    );
+    for r in &report.runs {
+        let t = &r.timing;
+        let s = &t.split;
+        println!(
+            "{}: batch {}, {} steps: {:.2} samples/s (min {:.2}, max {:.2}); step {:.3} s = data {:.3} + forward {:.3} + backward {:.3} + optimiser {:.3}; {:.1} GFLOP/s = {:.0}% of peak",
+            t.batches, t.batch_size, t.steps, t.samples_per_s.median, t.samples_per_s.min, t.samples_per_s.max,
+            t.step_s.median, s.data_s, s.forward_s, s.backward_s, s.optimizer_s, r.gflops, 100.0 * r.fraction_of_peak
+        );
+    }
+    if let (Some(l), Some(x)) = (&report.loader, report.loader_over_step) {
+        println!(
+            "loader alone: {:.1} batches/s ({:.0} samples/s, {} worker(s)) = {:.1}× the training-step rate",
+            l.batches_per_s, l.samples_per_s, l.workers, x
+        );
+    }
+    if let Some(b) = report.peak_rss_bytes {
+        println!("peak RSS: {:.2} GiB", b as f64 / (1u64 << 30) as f64);
+    }
+    Ok(())
+}
+
+/// Runs a command and parses its standard output as JSON.
+fn json_of(cmd: &mut std::process::Command) -> anyhow::Result<serde_json::Value> {
+    let out = cmd.output().with_context(|| format!("starting {cmd:?}"))?;
+    if !out.status.success() {
+        anyhow::bail!(
+            "{cmd:?} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    serde_json::from_slice(&out.stdout).with_context(|| format!("JSON from {cmd:?}"))
+}
+
+/// Median samples/s of a `bench train` or torch_lxmert.py report.
+fn median_sps(v: &serde_json::Value) -> anyhow::Result<f64> {
+    let runs = v.get("runs").and_then(|r| r.get(0)).unwrap_or(v);
+    runs.pointer("/samples_per_s/median")
+        .and_then(serde_json::Value::as_f64)
+        .ok_or_else(|| anyhow::anyhow!("no samples_per_s.median in {v}"))
+}
+
+fn run_compare(
+    python: Option<std::path::PathBuf>,
+    rounds: usize,
+    batch: usize,
+    steps: usize,
+    json: bool,
+) -> anyhow::Result<()> {
+    let python = python.unwrap_or_else(|| {
+        [".venv-bench/bin/python", ".venv-fixture/bin/python"]
+            .iter()
+            .map(std::path::PathBuf::from)
+            .find(|p| p.exists())
+            .unwrap_or_else(|| "python3".into())
+    });
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../bench/torch_lxmert.py");
+    let exe = std::env::current_exe()?;
+    let (b, st) = (batch.to_string(), steps.to_string());
+    let mut results = Vec::new();
+    for round in 0..rounds.max(1) {
+        eprintln!("round {}: candle (msp)…", round + 1);
+        let ours = json_of(std::process::Command::new(&exe).args([
+            "bench", "train", "--config", "paper", "--batch", &b, "--steps", &st, "--json",
+        ]))?;
+        eprintln!("round {}: PyTorch…", round + 1);
+        let torch = json_of(
+            std::process::Command::new(&python)
+                .arg(&script)
+                .args(["--batch", &b, "--steps", &st]),
+        )?;
+        let (o, t) = (median_sps(&ours)?, median_sps(&torch)?);
+        eprintln!(
+            "round {}: msp {o:.2} samples/s, PyTorch {t:.2} samples/s, ratio {:.2}",
+            round + 1,
+            o / t
+        );
+        results.push(serde_json::json!({"msp": ours, "torch": torch, "ratio": o / t}));
+    }
+    let mut ratios: Vec<f64> = results.iter().filter_map(|r| r["ratio"].as_f64()).collect();
+    ratios.sort_by(f64::total_cmp);
+    let median = ratios[ratios.len() / 2];
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &serde_json::json!({"rounds": results, "median_ratio": median})
+            )?
+        );
+    } else {
+        println!(
+            "msp / PyTorch training-step samples/s, per round: {ratios:.2?}; median {median:.2}"
+        );
     }
     Ok(())
 }

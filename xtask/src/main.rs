@@ -32,7 +32,7 @@ enum Command {
     Features(features::FeaturesArgs),
     /// The LXMERT(-S) model: parameter counts, forward pass on files.
     Model(model::ModelArgs),
-    /// Benchmarks (`bench model`).
+    /// Benchmarks (`bench train`, `bench compare`, `bench gemm`).
     Bench(bench::BenchArgs),
     /// Generate (or reuse) a synthetic world: every data set in its real format.
     Synth(synth::SynthArgs),
@@ -50,6 +50,12 @@ enum Command {
     Text(text::TextArgs),
 }
 
+/// mimalloc keeps freed memory mapped (purge delay −1 below): a training step frees and
+/// re-allocates the same large buffers every step, and glibc returned those above 32 MiB to
+/// the kernel each time (page faults, zeroing, TLB shootdowns).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> anyhow::Result<()> {
     // Restore the default SIGPIPE action, so `cargo xtask … | head` ends quietly as other
     // command-line tools do instead of panicking on a closed stdout.
@@ -58,16 +64,15 @@ fn main() -> anyhow::Result<()> {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
-    // Keep freed memory in the heap instead of returning it to the kernel: training
-    // allocates and frees the same large tensor buffers every step, and glibc's defaults
-    // (mmap for big blocks, trimming the heap top) turn that into page faults (measured:
-    // 23.5 s of a 46 s tiny VQA fine-tuning spent in the kernel; 2.9 s of 36 s with this).
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only sets allocator parameters; called before any other thread.
+    // Keep freed memory mapped instead of returning it to the kernel: training allocates
+    // and frees the same large tensor buffers every step, and returning them turns into page
+    // faults and zeroing (measured with glibc's defaults: 23.5 s of a 46 s tiny VQA
+    // fine-tuning spent in the kernel). `mi_option_purge_delay` (−1: never purge) is option 15
+    // of mimalloc's `mi_option_t` (v2 and v3); libmimalloc-sys names only the options around it.
+    const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+    // SAFETY: sets an allocator option before any other thread starts.
     unsafe {
-        // 32 MiB is the largest threshold glibc accepts on 64-bit targets.
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
+        libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1);
     }
     tracing_subscriber::fmt()
         .with_env_filter(

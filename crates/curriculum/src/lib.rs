@@ -56,6 +56,7 @@
 //! ```
 #![deny(missing_docs)]
 
+mod bench;
 mod config;
 mod data;
 mod error;
@@ -67,6 +68,10 @@ mod plot;
 mod run;
 mod trainer;
 
+pub use bench::{
+    bench_loader, bench_train_data, bench_train_synthetic, LoaderThroughput, Spread, StepSplit,
+    StepTiming, TrainBenchOptions,
+};
 pub use config::{
     DataShape, ModelPreset, Preset, PretrainPreset, Schedule, SourceConfig, StageConfig,
     StagePreset, TextSource,
@@ -79,4 +84,6 @@ pub use lr_scheduler::{warmup_linear, LinearWarmupDecay, LrSchedulerState};
 pub use optim::{Optimizer, OptimizerConfig, OptimizerKind};
 pub use plot::{plot_losses, plot_series, plot_stage};
 pub use run::{files, write_atomic, RunConfig, RunDir, StageState};
-pub use trainer::{parse_device, pretrain, resolve_config, Event, RunOutcome, StageSummary};
+pub use trainer::{
+    parse_device, pretrain, resolve_config, Event, RunOutcome, StageBatches, StageSummary,
+};

@@ -11,6 +11,7 @@ use std::path::Path;
 
 use candle_core::backprop::GradStore;
 use candle_core::{CpuStorage, DType, Device, Layout, Tensor, Var};
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{CurriculumError, Result};
@@ -161,15 +162,30 @@ impl candle_core::InplaceOp2 for FusedAdam<'_> {
             self.one_minus_beta1,
             self.one_minus_beta2,
         );
-        for i in 0..p.len() {
-            let gi = g[i] * self.grad_scale;
-            let mi = b1 * m[i] + c1 * gi;
-            let vi = b2 * v[i] + c2 * gi * gi;
-            m[i] = mi;
-            v[i] = vi;
-            let upd = self.step_size * mi / (vi.sqrt() * self.inv_sqrt_bc2 + self.eps);
-            p[i] -= upd + self.decay * p[i];
-        }
+        // Memory-bound: parallel over chunks, each a bounds-check-free zipped loop.
+        const CHUNK: usize = 1 << 15;
+        let (scale, step_size, inv_sqrt_bc2, eps, decay) = (
+            self.grad_scale,
+            self.step_size,
+            self.inv_sqrt_bc2,
+            self.eps,
+            self.decay,
+        );
+        p.par_chunks_mut(CHUNK)
+            .zip(g.par_chunks(CHUNK))
+            .zip(m.par_chunks_mut(CHUNK))
+            .zip(v.par_chunks_mut(CHUNK))
+            .for_each(|(((p, g), m), v)| {
+                for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
+                    let gi = g * scale;
+                    let mi = b1 * *m + c1 * gi;
+                    let vi = b2 * *v + c2 * gi * gi;
+                    *m = mi;
+                    *v = vi;
+                    let upd = step_size * mi / (vi.sqrt() * inv_sqrt_bc2 + eps);
+                    *p -= upd + decay * *p;
+                }
+            });
         Ok(())
     }
 }

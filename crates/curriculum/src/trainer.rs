@@ -10,7 +10,7 @@ use msp_model::{LoadOptions, Lxmert};
 use msp_tasks::{compute_losses, BatchBuilder, BuilderConfig, Example, LossConfig, RngState};
 use serde::{Deserialize, Serialize};
 
-use crate::config::{Preset, Schedule, TextSource};
+use crate::config::{Preset, Schedule, StageConfig, TextSource};
 use crate::data::PretrainData;
 use crate::error::{io_err, CurriculumError, Result};
 use crate::grad_clipping::{GradAccumulator, GradClipping};
@@ -87,6 +87,62 @@ pub enum RunOutcome {
     /// The event callback asked to stop (as if the process had been killed: only what was
     /// checkpointed survives).
     Stopped,
+}
+
+/// The batch builders, examples and epoch plan of one stage.
+pub struct StageBatches<'a> {
+    /// One builder per text source of the stage.
+    pub builders: Vec<BatchBuilder<'a>>,
+    /// The examples of each source.
+    pub examples: Vec<&'a [Example]>,
+    /// Which examples make each micro-batch.
+    pub plan: StagePlan,
+}
+
+impl<'a> StageBatches<'a> {
+    /// Builders (masking, tokenisation, region sampling seeded by `seed`) and plan of `stage`.
+    pub fn new(
+        stage: &StageConfig,
+        data: &'a PretrainData,
+        variant: msp_model::Variant,
+        seed: u64,
+    ) -> Result<Self> {
+        let mut builders = Vec::new();
+        let mut examples: Vec<&[Example]> = Vec::new();
+        for src in &stage.sources {
+            let mut bc = BuilderConfig::new(src.task_set()?);
+            bc.max_len = src.max_len;
+            bc.word_positions = variant.word_positions();
+            bc.pad_regions_to = None;
+            let mut b = BatchBuilder::new(
+                bc,
+                &data.tokenizer,
+                &data.store,
+                Some(&data.objects),
+                Some(&data.hard_negatives),
+                seed,
+            )?;
+            if src.source == TextSource::Phrases {
+                b = b.with_preferred_words(data.preferred.clone());
+            }
+            builders.push(b);
+            examples.push(data.examples(src.source)?);
+        }
+        let plan = StagePlan::new(
+            seed,
+            stage
+                .sources
+                .iter()
+                .zip(&examples)
+                .map(|(s, e)| (e.len(), s.batch_size))
+                .collect(),
+        )?;
+        Ok(Self {
+            builders,
+            examples,
+            plan,
+        })
+    }
 }
 
 /// Resolves the run configuration of a preset, schedule and data set.
@@ -291,35 +347,11 @@ pub fn pretrain(
 
         // Batches.
         let stage_seed = cfg.seed.wrapping_add(0x9e37_79b9 * (si as u64 + 1));
-        let mut builders = Vec::new();
-        let mut examples: Vec<&[Example]> = Vec::new();
-        for src in &st.sources {
-            let mut bc = BuilderConfig::new(src.task_set()?);
-            bc.max_len = src.max_len;
-            bc.word_positions = variant.word_positions();
-            bc.pad_regions_to = None;
-            let mut b = BatchBuilder::new(
-                bc,
-                &data.tokenizer,
-                &data.store,
-                Some(&data.objects),
-                Some(&data.hard_negatives),
-                stage_seed,
-            )?;
-            if src.source == TextSource::Phrases {
-                b = b.with_preferred_words(data.preferred.clone());
-            }
-            builders.push(b);
-            examples.push(data.examples(src.source)?);
-        }
-        let plan = StagePlan::new(
-            stage_seed,
-            st.sources
-                .iter()
-                .zip(&examples)
-                .map(|(s, e)| (e.len(), s.batch_size))
-                .collect(),
-        )?;
+        let StageBatches {
+            builders,
+            examples,
+            plan,
+        } = StageBatches::new(st, data, variant, stage_seed)?;
         let bpe = plan.batches_per_epoch();
         let accum = st.accumulation.max(1) as u64;
         let mut total_micro = bpe * st.epochs as u64;

@@ -1,5 +1,5 @@
-//! Throughput measurement on synthetic batches (forward and training step), and the
-//! pre-training loss used for it.
+//! Benchmark workloads: a random pre-training batch with HF's heads and its loss, GEMM speed,
+//! analytic FLOPs (the training-step benchmark itself is msp-curriculum's `bench_train_*`).
 
 use std::time::Instant;
 
@@ -165,115 +165,12 @@ pub fn pretraining_loss(model: &Lxmert, batch: &SyntheticBatch, train: bool) -> 
     Ok(loss)
 }
 
-/// Throughput figures of [`bench_model`].
-#[derive(Debug, Clone, Serialize)]
-pub struct BenchReport {
-    /// Variant measured.
-    pub variant: String,
-    /// Batch size.
-    pub batch: usize,
-    /// Tokens per example.
-    pub text_len: usize,
-    /// Regions per example.
-    pub regions: usize,
-    /// Timed iterations (after one warm-up iteration each).
-    pub iters: usize,
-    /// Forward (eval, backbone and all heads' losses) samples/s.
-    pub forward_samples_per_s: f64,
-    /// Training step (forward with dropout, backward, SGD update) samples/s.
-    pub train_samples_per_s: f64,
-    /// Mean seconds per training step.
-    pub train_step_s: f64,
-    /// Of a training step: seconds in the forward, in the backward, in the update.
-    pub train_forward_s: f64,
-    /// Seconds in `backward()`.
-    pub train_backward_s: f64,
-    /// Seconds in the SGD update.
-    pub train_update_s: f64,
-    /// Peak resident memory of the process (VmHWM), bytes.
-    pub peak_rss_bytes: Option<u64>,
-    /// Parameters of the model.
-    pub params_total: usize,
-}
-
 /// Peak resident set size of this process (`VmHWM` in `/proc/self/status`), bytes.
 pub fn peak_rss_bytes() -> Option<u64> {
     let s = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024)
-}
-
-/// Measures forward and training-step throughput of `cfg` on `dev` (f32) with text length
-/// `len` and `regions` boxes: one warm-up iteration, then `iters` timed ones.
-///
-/// Note: candle 0.11 runs CPU element-wise ops on a pool of threads that spin-wait at a
-/// barrier (`CANDLE_NUM_THREADS`, default = cores). On a machine shared with other busy
-/// processes the spinning costs several times the work (measured: 3× on the tiny config);
-/// `CANDLE_NUM_THREADS=1` keeps matmuls parallel (they use `RAYON_NUM_THREADS`) and runs the
-/// element-wise ops on the calling thread.
-pub fn bench_model(
-    cfg: &Config,
-    variant: Variant,
-    batch: usize,
-    len: usize,
-    regions: usize,
-    iters: usize,
-    dev: &Device,
-) -> Result<BenchReport> {
-    let model = Lxmert::new(cfg, variant, 1, dev)?;
-    let data = SyntheticBatch::new(cfg, batch, len, regions, 2, dev)?;
-    let vars = model.named_vars();
-    let params_total = vars.iter().map(|(_, v)| v.elem_count()).sum();
-    let iters = iters.max(1);
-    let sync = |t: &Tensor| -> Result<f32> { Ok(t.to_dtype(DType::F32)?.to_scalar::<f32>()?) };
-    // Forward.
-    sync(&pretraining_loss(&model, &data, false)?)?;
-    let t0 = Instant::now();
-    for _ in 0..iters {
-        sync(&pretraining_loss(&model, &data, false)?)?;
-    }
-    let fwd = t0.elapsed().as_secs_f64() / iters as f64;
-    // Training step: forward with dropout, backward, plain SGD.
-    let lr = 1e-5;
-    let (mut tf, mut tb, mut tu) = (0.0, 0.0, 0.0);
-    for i in 0..=iters {
-        let a = Instant::now();
-        let loss = pretraining_loss(&model, &data, true)?;
-        sync(&loss)?;
-        let b = Instant::now();
-        let grads = loss.backward()?;
-        let c = Instant::now();
-        for (_, var) in &vars {
-            if let Some(g) = grads.get(var) {
-                var.set(&var.as_tensor().sub(&(g * lr)?)?)?;
-            }
-        }
-        sync(&vars[0].1.as_tensor().sum_all()?)?;
-        let d = Instant::now();
-        if i > 0 {
-            tf += (b - a).as_secs_f64();
-            tb += (c - b).as_secs_f64();
-            tu += (d - c).as_secs_f64();
-        }
-    }
-    let n = iters as f64;
-    let step = (tf + tb + tu) / n;
-    Ok(BenchReport {
-        variant: variant.to_string(),
-        batch,
-        text_len: len,
-        regions,
-        iters,
-        forward_samples_per_s: batch as f64 / fwd,
-        train_samples_per_s: batch as f64 / step,
-        train_step_s: step,
-        train_forward_s: tf / n,
-        train_backward_s: tb / n,
-        train_update_s: tu / n,
-        peak_rss_bytes: peak_rss_bytes(),
-        params_total,
-    })
 }
 
 /// One matrix-product shape of [`bench_gemm`] and its measured speed.
@@ -387,4 +284,62 @@ pub fn bench_gemm(square: usize, rows: usize, reps: usize, dev: &Device) -> Resu
         shapes,
         peak_gflops,
     })
+}
+
+/// Analytic matrix-product FLOPs (2 × multiply-adds) of one example's forward pass through
+/// the backbone and the pre-training heads of [`pretraining_loss`]: `text_len` tokens,
+/// `regions` regions (plus the visual [CLS] of [`Variant::LxmertS`]), the MLM decoder at
+/// `masked` positions. Element-wise work is not counted. A training step costs ≈ 3× this
+/// (backward: one product for the input gradient, one for the weight gradient).
+pub fn forward_flops(
+    cfg: &Config,
+    variant: Variant,
+    text_len: usize,
+    regions: usize,
+    masked: usize,
+) -> f64 {
+    let h = cfg.hidden_size as f64;
+    let i = cfg.intermediate_size as f64;
+    let l = text_len as f64;
+    let n = (regions + usize::from(variant == Variant::LxmertS)) as f64;
+    // A post-LN BERT layer over t tokens attending to themselves.
+    let self_layer = |t: f64| 4.0 * h * h * t + 2.0 * t * t * h + 2.0 * h * i * t;
+    let mut macs = 0.0;
+    // Visual feature and box encoders.
+    macs += n * h * (cfg.visual_feat_dim + cfg.visual_pos_dim) as f64;
+    macs += cfg.l_layers as f64 * self_layer(l) + cfg.r_layers as f64 * self_layer(n);
+    // Cross-modality layer: cross-attention both ways (Q, output on the query side; K, V on
+    // the other), then a self-attention layer and an FFN on each side.
+    let cross = 2.0 * h * h * (l + n) + 2.0 * h * h * (n + l) + 4.0 * l * n * h;
+    macs += cfg.x_layers as f64 * (cross + self_layer(l) + self_layer(n));
+    // Poolers (LXMERT-S has a second one over the visual [CLS]).
+    let poolers = if variant == Variant::LxmertS {
+        2.0
+    } else {
+        1.0
+    };
+    macs += poolers * h * h;
+    // Heads: ITM, MLM at the masked positions, visual heads per region, QA, topic.
+    macs += 2.0 * h;
+    macs += masked as f64 * (h * h + h * cfg.vocab_size as f64);
+    let mut visual_out = 0.0;
+    if cfg.visual_obj_loss {
+        visual_out += cfg.num_object_labels as f64;
+    }
+    if cfg.visual_attr_loss {
+        visual_out += cfg.num_attr_labels as f64;
+    }
+    if cfg.visual_feat_loss {
+        visual_out += cfg.visual_feat_dim as f64;
+    }
+    if visual_out > 0.0 {
+        macs += regions as f64 * (h * h + h * visual_out);
+    }
+    if cfg.num_qa_labels > 0 {
+        macs += 2.0 * h * h + 2.0 * h * cfg.num_qa_labels as f64;
+    }
+    if variant == Variant::LxmertS {
+        macs += h * cfg.vocab_size as f64;
+    }
+    2.0 * macs
 }

@@ -57,7 +57,7 @@ mod nn;
 pub mod ops;
 
 pub use bench::{
-    bench_gemm, bench_model, peak_rss_bytes, pretraining_loss, BenchReport, GemmReport, GemmShape,
+    bench_gemm, forward_flops, peak_rss_bytes, pretraining_loss, GemmReport, GemmShape,
     SyntheticBatch,
 };
 pub use checkpoint::{

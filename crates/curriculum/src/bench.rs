@@ -1,0 +1,366 @@
+//! Training-step and data-loader throughput (`cargo xtask bench train`).
+//!
+//! A step here is what [`crate::pretrain`] does per update: forward with dropout, losses,
+//! backward, the fused optimiser update. Batches come either from one batch kept in memory
+//! (no data cost) or from the prefetching loader over a generated or real data set (masking,
+//! tokenisation and region reads from the memory-mapped store included), so the two timings
+//! side by side show what the data path costs.
+
+use std::time::Instant;
+
+use candle_core::{Device, Tensor};
+use msp_model::{pretraining_loss, Config, Lxmert, SyntheticBatch, Variant};
+use msp_tasks::{compute_losses, Batch, LossConfig};
+use serde::Serialize;
+
+use crate::data::PretrainData;
+use crate::error::{CurriculumError, Result};
+use crate::loader::{build_batch, with_loader};
+use crate::optim::{Optimizer, OptimizerConfig};
+use crate::run::RunConfig;
+use crate::trainer::StageBatches;
+
+/// Median, minimum and maximum of a measured quantity.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Spread {
+    /// Median.
+    pub median: f64,
+    /// Smallest value.
+    pub min: f64,
+    /// Largest value.
+    pub max: f64,
+}
+
+impl Spread {
+    /// The spread of `values` (at least one).
+    pub fn of(values: &[f64]) -> Self {
+        let mut v = values.to_vec();
+        v.sort_by(f64::total_cmp);
+        let median = if v.is_empty() {
+            f64::NAN
+        } else if v.len() % 2 == 1 {
+            v[v.len() / 2]
+        } else {
+            (v[v.len() / 2 - 1] + v[v.len() / 2]) / 2.0
+        };
+        Self {
+            median,
+            min: v.first().copied().unwrap_or(f64::NAN),
+            max: v.last().copied().unwrap_or(f64::NAN),
+        }
+    }
+}
+
+/// Median seconds per step in each part of a training step.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct StepSplit {
+    /// Waiting for the batch (0 for an in-memory batch).
+    pub data_s: f64,
+    /// Forward pass and losses.
+    pub forward_s: f64,
+    /// `backward()`.
+    pub backward_s: f64,
+    /// Optimiser update.
+    pub optimizer_s: f64,
+}
+
+/// Timing of `steps` training steps after `warmup` untimed ones.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StepTiming {
+    /// Where the batches came from.
+    pub batches: String,
+    /// Examples per batch.
+    pub batch_size: usize,
+    /// Timed steps.
+    pub steps: usize,
+    /// Examples per second over the timed steps.
+    pub samples_per_s: Spread,
+    /// Seconds per step.
+    pub step_s: Spread,
+    /// Medians of the parts of a step.
+    pub split: StepSplit,
+}
+
+/// How many steps to time and how.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TrainBenchOptions {
+    /// Untimed steps first (the first touches of fresh memory are slow).
+    pub warmup: usize,
+    /// Timed steps (≥ 1).
+    pub steps: usize,
+    /// Update rule (the learning rate is a fixed 1e-5).
+    pub optimizer: OptimizerConfig,
+}
+
+/// Times `warmup + steps` steps, drawing each batch with `next`.
+fn time_steps<T>(
+    model: &Lxmert,
+    opts: &TrainBenchOptions,
+    label: &str,
+    mut next: impl FnMut() -> Result<T>,
+    loss: impl Fn(&T) -> Result<Tensor>,
+    len: impl Fn(&T) -> usize,
+) -> Result<StepTiming> {
+    let mut opt = Optimizer::new(opts.optimizer, model.named_vars())?;
+    let first_var = model
+        .named_vars()
+        .into_iter()
+        .next()
+        .map(|(_, v)| v)
+        .ok_or_else(|| CurriculumError::Config {
+            field: "model".into(),
+            reason: "no variables".into(),
+        })?;
+    let mut rows: Vec<[f64; 4]> = Vec::new();
+    let mut sizes = Vec::new();
+    for s in 0..opts.warmup + opts.steps.max(1) {
+        let t0 = Instant::now();
+        let batch = next()?;
+        let t1 = Instant::now();
+        let l = loss(&batch)?;
+        l.to_scalar::<f32>()?;
+        let t2 = Instant::now();
+        let grads = l.backward()?;
+        let t3 = Instant::now();
+        opt.step(&grads, 1e-5, 1.0)?;
+        first_var.as_tensor().device().synchronize()?;
+        let t4 = Instant::now();
+        if s >= opts.warmup {
+            rows.push([
+                (t1 - t0).as_secs_f64(),
+                (t2 - t1).as_secs_f64(),
+                (t3 - t2).as_secs_f64(),
+                (t4 - t3).as_secs_f64(),
+            ]);
+            sizes.push(len(&batch));
+        }
+    }
+    let col = |i: usize| Spread::of(&rows.iter().map(|r| r[i]).collect::<Vec<_>>()).median;
+    let step: Vec<f64> = rows.iter().map(|r| r.iter().sum()).collect();
+    let sps: Vec<f64> = step
+        .iter()
+        .zip(&sizes)
+        .map(|(s, &n)| n as f64 / s)
+        .collect();
+    Ok(StepTiming {
+        batches: label.to_string(),
+        batch_size: sizes.first().copied().unwrap_or(0),
+        steps: rows.len(),
+        samples_per_s: Spread::of(&sps),
+        step_s: Spread::of(&step),
+        split: StepSplit {
+            data_s: col(0),
+            forward_s: col(1),
+            backward_s: col(2),
+            optimizer_s: col(3),
+        },
+    })
+}
+
+/// Training steps of `cfg` on one random in-memory batch with every HF pre-training head
+/// (MLM, ITM, object, attribute, feature, QA: [`pretraining_loss`]), the workload of
+/// `bench/torch_lxmert.py`.
+pub fn bench_train_synthetic(
+    cfg: &Config,
+    variant: Variant,
+    (batch_size, text_len, regions): (usize, usize, usize),
+    opts: &TrainBenchOptions,
+    device: &Device,
+) -> Result<StepTiming> {
+    let model = Lxmert::new(cfg, variant, 1, device)?;
+    let batch = SyntheticBatch::new(cfg, batch_size, text_len, regions, 2, device)?;
+    time_steps(
+        &model,
+        opts,
+        "random in-memory batch (HF heads)",
+        || Ok(()),
+        |_| Ok(pretraining_loss(&model, &batch, true)?),
+        |_| batch_size,
+    )
+}
+
+/// Training steps of stage `stage` of `run` on `data` with that stage's tasks and losses:
+/// first on its first batch kept in memory, then on batches from the prefetching loader
+/// (`workers` threads). The stage's batch size is replaced by `batch_size`.
+pub fn bench_train_data(
+    run: &RunConfig,
+    data: &PretrainData,
+    stage: usize,
+    batch_size: usize,
+    workers: usize,
+    opts: &TrainBenchOptions,
+    device: &Device,
+) -> Result<[StepTiming; 2]> {
+    let variant: Variant = run
+        .variant
+        .parse()
+        .map_err(|reason| CurriculumError::Config {
+            field: "variant".into(),
+            reason,
+        })?;
+    let mut st = run
+        .stages
+        .get(stage)
+        .cloned()
+        .ok_or_else(|| CurriculumError::Config {
+            field: "stage".into(),
+            reason: format!("the run has {} stages, not {}", run.stages.len(), stage + 1),
+        })?;
+    for s in &mut st.sources {
+        s.batch_size = batch_size;
+    }
+    let sb = StageBatches::new(&st, data, variant, run.seed)?;
+    let model = Lxmert::new(&run.model, variant, run.seed, device)?;
+    let loss_cfg = LossConfig::default();
+    let loss = |b: &Batch| -> Result<Tensor> {
+        let out = model.model().forward_t(&b.inputs(), true)?;
+        Ok(compute_losses(model.model(), &out, b, &loss_cfg)?.total)
+    };
+    let mut cache = None;
+    let first = build_batch(&sb.plan, &mut cache, &sb.builders, &sb.examples, 0, device)?;
+    let label = format!("{} stage", st.name);
+    let in_memory = time_steps(
+        &model,
+        opts,
+        &format!("{label}: first batch kept in memory"),
+        || Ok(()),
+        |_| loss(&first),
+        |_| first.len(),
+    )?;
+    let total = (opts.warmup + opts.steps.max(1)) as u64;
+    let loaded = with_loader(
+        &sb.plan,
+        &sb.builders,
+        &sb.examples,
+        device,
+        0..total,
+        workers,
+        |next| {
+            time_steps(
+                &model,
+                opts,
+                &format!("{label}: loader, {workers} worker(s)"),
+                || {
+                    next().unwrap_or_else(|| {
+                        Err(CurriculumError::Config {
+                            field: "bench".into(),
+                            reason: "the loader ended early".into(),
+                        })
+                    })
+                },
+                loss,
+                Batch::len,
+            )
+        },
+    )?;
+    Ok([in_memory, loaded])
+}
+
+/// Data-path throughput: batches of stage `stage` built by the loader (`workers` threads)
+/// and discarded, no model.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct LoaderThroughput {
+    /// Batches drawn.
+    pub batches: usize,
+    /// Loader threads.
+    pub workers: usize,
+    /// Batches per second.
+    pub batches_per_s: f64,
+    /// Examples per second.
+    pub samples_per_s: f64,
+}
+
+/// Measures [`LoaderThroughput`] over `batches` batches of `batch_size`.
+pub fn bench_loader(
+    run: &RunConfig,
+    data: &PretrainData,
+    stage: usize,
+    batch_size: usize,
+    workers: usize,
+    batches: usize,
+    device: &Device,
+) -> Result<LoaderThroughput> {
+    let variant: Variant = run
+        .variant
+        .parse()
+        .map_err(|reason| CurriculumError::Config {
+            field: "variant".into(),
+            reason,
+        })?;
+    let mut st = run
+        .stages
+        .get(stage)
+        .cloned()
+        .ok_or_else(|| CurriculumError::Config {
+            field: "stage".into(),
+            reason: format!("the run has {} stages, not {}", run.stages.len(), stage + 1),
+        })?;
+    for s in &mut st.sources {
+        s.batch_size = batch_size;
+    }
+    let sb = StageBatches::new(&st, data, variant, run.seed)?;
+    let t = Instant::now();
+    let samples = with_loader(
+        &sb.plan,
+        &sb.builders,
+        &sb.examples,
+        device,
+        0..batches as u64,
+        workers,
+        |next| -> Result<usize> {
+            let mut n = 0;
+            while let Some(b) = next() {
+                n += b?.len();
+            }
+            Ok(n)
+        },
+    )?;
+    let secs = t.elapsed().as_secs_f64().max(1e-9);
+    Ok(LoaderThroughput {
+        batches,
+        workers,
+        batches_per_s: batches as f64 / secs,
+        samples_per_s: samples as f64 / secs,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spread_of_odd_and_even_counts() {
+        let s = Spread::of(&[3.0, 1.0, 2.0]);
+        assert_eq!((s.median, s.min, s.max), (2.0, 1.0, 3.0));
+        let s = Spread::of(&[4.0, 1.0, 2.0, 3.0]);
+        assert_eq!((s.median, s.min, s.max), (2.5, 1.0, 4.0));
+    }
+
+    #[test]
+    fn synthetic_steps_are_timed_and_split() {
+        let opts = TrainBenchOptions {
+            warmup: 1,
+            steps: 2,
+            optimizer: OptimizerConfig::adamw(),
+        };
+        let t = bench_train_synthetic(
+            &Config::tiny(),
+            Variant::Lxmert,
+            (3, 6, 4),
+            &opts,
+            &Device::Cpu,
+        )
+        .unwrap();
+        assert_eq!((t.steps, t.batch_size), (2, 3));
+        let sp = t.split;
+        assert!(sp.forward_s > 0.0 && sp.backward_s > 0.0 && sp.optimizer_s > 0.0);
+        // With two steps every median is a mean, so the parts add up to the median step.
+        let parts = sp.data_s + sp.forward_s + sp.backward_s + sp.optimizer_s;
+        assert!(
+            (parts - t.step_s.median).abs() < 1e-9,
+            "{parts} vs {:?}",
+            t.step_s
+        );
+        assert!((t.samples_per_s.min - 3.0 / t.step_s.max).abs() < 1e-9);
+    }
+}
