@@ -13,9 +13,8 @@ use std::process::{Command, Stdio};
 
 use candle_core::Tensor;
 
-/// The smoke preset's sizes, made smaller and shorter; dropout 0, because the dropout RNG is
-/// not part of the saved state (a resumed run draws other masks), so only a dropout-free run
-/// can be compared weight for weight with an uninterrupted one.
+/// The smoke preset's sizes, made smaller and shorter, with dropout: the trainer reseeds the
+/// dropout stream per micro-batch, so a resumed run draws the uninterrupted run's masks.
 const PRESET: &str = r#"
 [model]
 hidden_size = 32
@@ -23,7 +22,7 @@ num_attention_heads = 2
 intermediate_size = 64
 x_layers = 1
 max_position_embeddings = 40
-dropout = 0.0
+dropout = 0.1
 
 [pretrain]
 lr = 1e-4

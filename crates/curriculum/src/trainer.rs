@@ -430,6 +430,9 @@ pub fn pretrain(
                 let mut last = Instant::now();
                 while let Some(batch) = next() {
                     let batch = batch?;
+                    // Dropout masks are a function of (stage, micro-batch): a resumed run
+                    // draws the masks the uninterrupted run drew.
+                    model.reseed_dropout(stage_seed ^ k.wrapping_mul(0x9e37_79b9_7f4a_7c15));
                     let out = model.model().forward_t(&batch.inputs(), true)?;
                     let losses = compute_losses(model.model(), &out, &batch, &loss_cfg)?;
                     let total = losses.total.to_scalar::<f32>()?;

@@ -46,6 +46,7 @@ pub fn seeded_var_builder(map: &VarMap, seed: u64, device: &Device) -> VarBuilde
 pub struct Lxmert {
     varmap: VarMap,
     model: LxmertForPreTraining,
+    dropout: DropoutRng,
     cfg: Config,
     variant: Variant,
     seed: u64,
@@ -65,17 +66,25 @@ impl Lxmert {
     /// A randomly initialised model (validated config, seeded init, f32 on `device`).
     pub fn new(cfg: &Config, variant: Variant, seed: u64, device: &Device) -> Result<Self> {
         cfg.validate()?;
+        let mut dropout = None;
         let (varmap, model) = build_with(seed, device, |vb, rng| {
+            dropout = Some(rng.clone());
             LxmertForPreTraining::load(vb, cfg, variant, rng)
         })?;
         Ok(Self {
             varmap,
             model,
+            dropout: dropout.unwrap_or_else(|| DropoutRng::new(seed)),
             cfg: cfg.clone(),
             variant,
             seed,
             device: device.clone(),
         })
+    }
+
+    /// Restarts the random stream of every dropout layer from `seed` ([`DropoutRng::reseed`]).
+    pub fn reseed_dropout(&self, seed: u64) {
+        self.dropout.reseed(seed);
     }
 
     /// The modules (backbone and heads).

@@ -136,6 +136,17 @@ impl DropoutRng {
     pub fn new(seed: u64) -> Self {
         Self(Arc::new(Mutex::new(StdRng::seed_from_u64(seed))))
     }
+
+    /// Restarts the stream from `seed` (for every layer sharing it): a trainer that reseeds
+    /// before each batch makes the masks a function of the batch, so a resumed run draws
+    /// the masks an uninterrupted one would.
+    pub fn reseed(&self, seed: u64) {
+        let mut rng = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *rng = StdRng::seed_from_u64(seed);
+    }
 }
 
 /// Inverted dropout, active only when `train` is true.
