@@ -339,8 +339,44 @@ impl CustomOp3 for LinearOp {
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let dx = matmul_no_bwd(grad, weight)?;
         let dw = matmul_no_bwd(&grad.t()?, x)?;
-        let db = grad.sum(0)?;
+        let db = grad.contiguous()?.apply_op1_no_bwd(&ColumnSumOp)?;
         Ok((Some(dx), Some(dw), Some(db)))
+    }
+}
+
+/// Sums of the columns of a `[rows, cols]` matrix (the bias gradient of [`linear`]).
+struct ColumnSumOp;
+
+impl CustomOp1 for ColumnSumOp {
+    fn name(&self) -> &'static str {
+        "msp-column-sum"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = slice(s, l, self.name())?;
+        let (rows, cols) = rows_of(l)?;
+        // Partial sums over blocks of rows, added in block order.
+        let per_task = min_rows(cols);
+        let partials: Vec<Vec<f32>> = x
+            .par_chunks(per_task * cols)
+            .map(|block| {
+                let mut acc = vec![0f32; cols];
+                for row in block.chunks(cols) {
+                    for (a, v) in acc.iter_mut().zip(row) {
+                        *a += v;
+                    }
+                }
+                acc
+            })
+            .collect();
+        let mut out = vec![0f32; cols];
+        for p in &partials {
+            for (o, v) in out.iter_mut().zip(p) {
+                *o += v;
+            }
+        }
+        debug_assert!(rows == 0 || !partials.is_empty());
+        Ok((CpuStorage::F32(out), Shape::from(cols)))
     }
 }
 
