@@ -162,9 +162,9 @@ impl Operand {
 /// `dst [m, n] (row-major) = read_dst·dst + lhs [m, k] · rhs [k, n]`, split into one
 /// single-threaded `gemm` per rayon thread along the larger of m and n.
 ///
-/// The `gemm` crate's own 2-thread mode reached ≈ 80 GFLOP/s on this project's 2-core
-/// machine against ≈ 75 for one thread; two independent single-threaded products on the two
-/// halves of the output reach nearly twice that (`cargo xtask bench gemm`).
+/// On a quiet 2-core machine this and the `gemm` crate's own 2-thread mode reach about the
+/// same speed (≈ 150 GFLOP/s, `cargo xtask bench gemm`); the split keeps every product on
+/// the caller's strides (transposed views cost nothing) with the bias pre-loaded.
 fn par_gemm(
     dst: &mut [f32],
     (m, n, k): (usize, usize, usize),
