@@ -241,7 +241,7 @@ fn run_train(a: TrainArgs) -> anyhow::Result<()> {
         } else {
             None
         };
-        let variant: Variant = run.variant.parse().map_err(anyhow::Error::msg)?;
+        let variant = run.model_preset.variant()?;
         (
             run.model.clone(),
             variant,
@@ -254,11 +254,7 @@ fn run_train(a: TrainArgs) -> anyhow::Result<()> {
     // MLM at ≈ 15% of the positions (at least one), as the batches mask.
     let masked = (text_len as f64 * 0.15).ceil().max(1.0) as usize;
     let train_flop = 3.0 * msp_model::forward_flops(&cfg, variant, text_len, regions, masked);
-    let params = msp_model::Lxmert::new(&cfg, variant, 1, &Device::Cpu)?
-        .named_vars()
-        .iter()
-        .map(|(_, v)| v.elem_count())
-        .sum();
+    let params = msp_model::param_count(&cfg, variant)?.total;
     let runs: Vec<TrainRun> = timings
         .into_iter()
         .map(|t| {

@@ -179,25 +179,14 @@ pub fn bench_train_synthetic(
     )
 }
 
-/// Training steps of stage `stage` of `run` on `data` with that stage's tasks and losses:
-/// first on its first batch kept in memory, then on batches from the prefetching loader
-/// (`workers` threads). The stage's batch size is replaced by `batch_size`.
-pub fn bench_train_data(
+/// The variant, name and batches of stage `stage` of `run`, every source at `batch_size`.
+fn stage_batches<'a>(
     run: &RunConfig,
-    data: &PretrainData,
+    data: &'a PretrainData,
     stage: usize,
     batch_size: usize,
-    workers: usize,
-    opts: &TrainBenchOptions,
-    device: &Device,
-) -> Result<[StepTiming; 2]> {
-    let variant: Variant = run
-        .variant
-        .parse()
-        .map_err(|reason| CurriculumError::Config {
-            field: "variant".into(),
-            reason,
-        })?;
+) -> Result<(Variant, String, StageBatches<'a>)> {
+    let variant = run.model_preset.variant()?;
     let mut st = run
         .stages
         .get(stage)
@@ -210,6 +199,22 @@ pub fn bench_train_data(
         s.batch_size = batch_size;
     }
     let sb = StageBatches::new(&st, data, variant, run.seed)?;
+    Ok((variant, st.name, sb))
+}
+
+/// Training steps of stage `stage` of `run` on `data` with that stage's tasks and losses:
+/// first on its first batch kept in memory, then on batches from the prefetching loader
+/// (`workers` threads). The stage's batch size is replaced by `batch_size`.
+pub fn bench_train_data(
+    run: &RunConfig,
+    data: &PretrainData,
+    stage: usize,
+    batch_size: usize,
+    workers: usize,
+    opts: &TrainBenchOptions,
+    device: &Device,
+) -> Result<[StepTiming; 2]> {
+    let (variant, name, sb) = stage_batches(run, data, stage, batch_size)?;
     let model = Lxmert::new(&run.model, variant, run.seed, device)?;
     let loss_cfg = LossConfig::default();
     let loss = |b: &Batch| -> Result<Tensor> {
@@ -218,7 +223,7 @@ pub fn bench_train_data(
     };
     let mut cache = None;
     let first = build_batch(&sb.plan, &mut cache, &sb.builders, &sb.examples, 0, device)?;
-    let label = format!("{} stage", st.name);
+    let label = format!("{name} stage");
     let in_memory = time_steps(
         &model,
         opts,
@@ -280,25 +285,7 @@ pub fn bench_loader(
     batches: usize,
     device: &Device,
 ) -> Result<LoaderThroughput> {
-    let variant: Variant = run
-        .variant
-        .parse()
-        .map_err(|reason| CurriculumError::Config {
-            field: "variant".into(),
-            reason,
-        })?;
-    let mut st = run
-        .stages
-        .get(stage)
-        .cloned()
-        .ok_or_else(|| CurriculumError::Config {
-            field: "stage".into(),
-            reason: format!("the run has {} stages, not {}", run.stages.len(), stage + 1),
-        })?;
-    for s in &mut st.sources {
-        s.batch_size = batch_size;
-    }
-    let sb = StageBatches::new(&st, data, variant, run.seed)?;
+    let (_, _, sb) = stage_batches(run, data, stage, batch_size)?;
     let t = Instant::now();
     let samples = with_loader(
         &sb.plan,

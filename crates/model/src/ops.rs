@@ -102,6 +102,16 @@ const FRAC_1_SQRT_2: f32 = std::f32::consts::FRAC_1_SQRT_2;
 /// 1/√(2π).
 const FRAC_1_SQRT_2PI: f32 = 0.398_942_3;
 
+/// Adds the per-task partial sums `partials` into `out`, in task order (so the result does
+/// not depend on thread timing).
+fn add_in_order(out: &mut [f32], partials: &[Vec<f32>]) {
+    for p in partials {
+        for (o, v) in out.iter_mut().zip(p) {
+            *o += v;
+        }
+    }
+}
+
 /// Runs `f(row, out_row)` over the rows of `out` (width `width`) in parallel.
 fn par_rows(out: &mut [f32], width: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
     out.par_chunks_mut(width)
@@ -354,7 +364,7 @@ impl CustomOp1 for ColumnSumOp {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = slice(s, l, self.name())?;
-        let (rows, cols) = rows_of(l)?;
+        let (_, cols) = rows_of(l)?;
         // Partial sums over blocks of rows, added in block order.
         let per_task = min_rows(cols);
         let partials: Vec<Vec<f32>> = x
@@ -370,12 +380,7 @@ impl CustomOp1 for ColumnSumOp {
             })
             .collect();
         let mut out = vec![0f32; cols];
-        for p in &partials {
-            for (o, v) in out.iter_mut().zip(p) {
-                *o += v;
-            }
-        }
-        debug_assert!(rows == 0 || !partials.is_empty());
+        add_in_order(&mut out, &partials);
         Ok((CpuStorage::F32(out), Shape::from(cols)))
     }
 }
@@ -515,12 +520,13 @@ impl CustomOp3 for LayerNormOp {
             &grad.contiguous()?,
             &LayerNormGradOp { eps: self.eps },
         )?;
-        let (rows, h) = (x.elem_count() / weight.elem_count(), weight.elem_count());
+        let rows = x.elem_count() / weight.elem_count();
         let dx = packed.narrow(0, 0, rows)?.reshape(x.shape())?;
-        let dweight = packed.get(rows)?;
-        let dbias = packed.get(rows + 1)?;
-        debug_assert_eq!(dweight.elem_count(), h);
-        Ok((Some(dx), Some(dweight), Some(dbias)))
+        Ok((
+            Some(dx),
+            Some(packed.get(rows)?),
+            Some(packed.get(rows + 1)?),
+        ))
     }
 }
 
@@ -582,11 +588,7 @@ impl CustomOp3 for LayerNormGradOp {
                 acc
             })
             .collect();
-        for p in &partials {
-            for (d, v) in dparams.iter_mut().zip(p) {
-                *d += v;
-            }
-        }
+        add_in_order(dparams, &partials);
         Ok((CpuStorage::F32(out), Shape::from((rows + 2, h))))
     }
 }
