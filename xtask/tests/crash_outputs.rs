@@ -61,7 +61,8 @@ fn run_until_killed(args: &[&str], point: &str) {
     panic!("{args:?} ended ({status}) without reaching {point}:\n{log}");
 }
 
-/// Every entry of a directory except hidden temporaries (`.name.tmp-PID`) of killed runs.
+/// Every entry of a directory except hidden temporaries (`.name.tmp-PID`) of killed runs
+/// (a rerun removes those).
 fn visible(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(dir)
         .unwrap()
@@ -137,6 +138,8 @@ fn killed_synth_and_convert_leave_nothing_that_looks_complete() {
         );
     }
     run_ok(&a);
+    // The rerun removed the killed runs' temporaries.
+    assert_eq!(all(&killed), ["world"]);
     let w = World::open(&world).unwrap();
     let r = World::open(&reference).unwrap();
     assert_eq!(w.manifest().files, r.manifest().files, "not the same world");
@@ -175,6 +178,7 @@ fn killed_synth_and_convert_leave_nothing_that_looks_complete() {
         );
     }
     run_ok(&a);
+    assert_eq!(all(&stores), ["train"]);
     assert_eq!(tree_bytes(&store), tree_bytes(&ref_store));
     assert_eq!(FeatureStore::open(&store).unwrap().len(), 32);
 }

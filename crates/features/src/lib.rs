@@ -67,6 +67,7 @@ mod error;
 mod hard_negatives;
 mod pause;
 mod store;
+mod temp;
 mod tsv;
 
 pub use error::{FeatureError, Result};
@@ -78,4 +79,4 @@ pub use store::{
 };
 pub use tsv::{normalize_box, TsvReader, TsvRecord, TsvWriter, BOX_TOLERANCE, FIELDNAMES};
 
-pub(crate) use store::temp_sibling;
+pub use temp::{remove_stale_temps, temp_sibling};

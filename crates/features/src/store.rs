@@ -114,15 +114,6 @@ pub struct ConvertReport {
     pub feature_dim: usize,
 }
 
-/// A name for a temporary sibling of `path` (same directory, so a rename is atomic).
-pub(crate) fn temp_sibling(path: &Path) -> PathBuf {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
-}
-
 /// Removes a temporary directory unless disarmed.
 struct TempDir(Option<PathBuf>);
 
@@ -169,7 +160,8 @@ pub fn convert(
             .map_err(|e| FeatureError::io(p, e))?
             .len();
     }
-    let tmp_dir = temp_sibling(&opts.out);
+    crate::remove_stale_temps(&opts.out).map_err(|e| FeatureError::io(&opts.out, e))?;
+    let tmp_dir = crate::temp_sibling(&opts.out);
     if tmp_dir.exists() {
         std::fs::remove_dir_all(&tmp_dir).map_err(|e| FeatureError::io(&tmp_dir, e))?;
     }

@@ -426,6 +426,7 @@ impl TsvWriter {
     /// Starts writing `path` (through a temporary file in the same directory).
     pub fn create(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
+        crate::remove_stale_temps(&path).map_err(|e| FeatureError::io(&path, e))?;
         let tmp = crate::temp_sibling(&path);
         let file = File::create(&tmp).map_err(|e| FeatureError::io(&tmp, e))?;
         Ok(Self {

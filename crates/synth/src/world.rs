@@ -293,11 +293,8 @@ impl World {
                 reason: "the directory already exists".into(),
             });
         }
-        let name = dir
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "world".into());
-        let tmp = dir.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
+        msp_features::remove_stale_temps(&dir).map_err(io_err(&dir))?;
+        let tmp = msp_features::temp_sibling(&dir);
         if tmp.exists() {
             std::fs::remove_dir_all(&tmp).map_err(io_err(&tmp))?;
         }
