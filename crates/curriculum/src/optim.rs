@@ -20,7 +20,11 @@ use crate::error::{CurriculumError, Result};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum OptimizerKind {
-    /// pytorch-pretrained-bert's BertAdam as LXMERT uses it: no bias correction.
+    /// pytorch-pretrained-bert's BertAdam as LXMERT uses it: no bias correction. The second
+    /// moment starts near zero, so early updates are larger than Adam's at the same rate
+    /// (≈ 3× at step 100): fine at LXMERT's 1e-4, but at 1e-3 small models stall (measured on
+    /// a 20-category synthetic world, token-stage MLM after 225 steps: loss 3.48 with BertAdam
+    /// vs 2.66 with AdamW in PyTorch, 3.66 vs 2.87 here). Use AdamW for large rates.
     BertAdam,
     /// PyTorch's AdamW: bias-corrected moments.
     AdamW,
