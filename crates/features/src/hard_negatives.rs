@@ -114,8 +114,7 @@ impl HardNegativePool {
     /// Writes the JSON form (temporary name, then rename).
     pub fn write_json(&self, path: impl AsRef<Path>) -> Result<()> {
         let path = path.as_ref();
-        crate::remove_stale_temps(path).map_err(|e| FeatureError::io(path, e))?;
-        let tmp = crate::temp_sibling(path);
+        let tmp = crate::fresh_temp_sibling(path).map_err(|e| FeatureError::io(path, e))?;
         let text = serde_json::to_vec(self).map_err(|e| FeatureError::Json {
             path: path.into(),
             source: e,

@@ -79,4 +79,4 @@ pub use store::{
 };
 pub use tsv::{normalize_box, TsvReader, TsvRecord, TsvWriter, BOX_TOLERANCE, FIELDNAMES};
 
-pub use temp::{remove_stale_temps, temp_sibling};
+pub use temp::{fresh_temp_sibling, remove_stale_temps};

@@ -160,11 +160,8 @@ pub fn convert(
             .map_err(|e| FeatureError::io(p, e))?
             .len();
     }
-    crate::remove_stale_temps(&opts.out).map_err(|e| FeatureError::io(&opts.out, e))?;
-    let tmp_dir = crate::temp_sibling(&opts.out);
-    if tmp_dir.exists() {
-        std::fs::remove_dir_all(&tmp_dir).map_err(|e| FeatureError::io(&tmp_dir, e))?;
-    }
+    let tmp_dir =
+        crate::fresh_temp_sibling(&opts.out).map_err(|e| FeatureError::io(&opts.out, e))?;
     std::fs::create_dir_all(&tmp_dir).map_err(|e| FeatureError::io(&tmp_dir, e))?;
     let guard = TempDir(Some(tmp_dir.clone()));
 

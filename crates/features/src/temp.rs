@@ -7,8 +7,29 @@ use std::path::{Path, PathBuf};
 
 /// A name for a temporary sibling of `path` (same directory, so a rename is atomic):
 /// `.NAME.tmp-PID` of this process.
-pub fn temp_sibling(path: &Path) -> PathBuf {
+fn temp_sibling(path: &Path) -> PathBuf {
     temp_sibling_of_pid(path, std::process::id())
+}
+
+/// The temporary sibling a writer of `path` should write to, made ready: the temporaries of
+/// killed writers ([`remove_stale_temps`]) and any earlier one of this process are removed
+/// first. Errors name the path they concern.
+pub fn fresh_temp_sibling(path: &Path) -> std::io::Result<PathBuf> {
+    remove_stale_temps(path)?;
+    let tmp = temp_sibling(path);
+    if let Ok(meta) = std::fs::symlink_metadata(&tmp) {
+        remove(&tmp, meta.is_dir())?;
+    }
+    Ok(tmp)
+}
+
+fn remove(p: &Path, is_dir: bool) -> std::io::Result<()> {
+    let result = if is_dir {
+        std::fs::remove_dir_all(p)
+    } else {
+        std::fs::remove_file(p)
+    };
+    result.map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", p.display())))
 }
 
 fn temp_sibling_of_pid(path: &Path, pid: u32) -> PathBuf {
@@ -58,12 +79,7 @@ pub fn remove_stale_temps(path: &Path) -> std::io::Result<Vec<PathBuf>> {
             continue;
         }
         let p = entry.path();
-        let result = if entry.file_type()?.is_dir() {
-            std::fs::remove_dir_all(&p)
-        } else {
-            std::fs::remove_file(&p)
-        };
-        result.map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", p.display())))?;
+        remove(&p, entry.file_type()?.is_dir())?;
         removed.push(p);
     }
     Ok(removed)
@@ -119,5 +135,8 @@ mod tests {
         assert!(remove_stale_temps(&tmp.path().join("no/such/dir/x"))
             .unwrap()
             .is_empty());
+        // A fresh temporary: this process's earlier one is cleared too.
+        assert_eq!(fresh_temp_sibling(&out).unwrap(), own);
+        assert!(!own.exists());
     }
 }

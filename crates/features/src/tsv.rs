@@ -426,8 +426,7 @@ impl TsvWriter {
     /// Starts writing `path` (through a temporary file in the same directory).
     pub fn create(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
-        crate::remove_stale_temps(&path).map_err(|e| FeatureError::io(&path, e))?;
-        let tmp = crate::temp_sibling(&path);
+        let tmp = crate::fresh_temp_sibling(&path).map_err(|e| FeatureError::io(&path, e))?;
         let file = File::create(&tmp).map_err(|e| FeatureError::io(&tmp, e))?;
         Ok(Self {
             out: Some(BufWriter::with_capacity(1 << 20, file)),

@@ -293,11 +293,7 @@ impl World {
                 reason: "the directory already exists".into(),
             });
         }
-        msp_features::remove_stale_temps(&dir).map_err(io_err(&dir))?;
-        let tmp = msp_features::temp_sibling(&dir);
-        if tmp.exists() {
-            std::fs::remove_dir_all(&tmp).map_err(io_err(&tmp))?;
-        }
+        let tmp = msp_features::fresh_temp_sibling(&dir).map_err(io_err(&dir))?;
         if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent).map_err(io_err(parent))?;
         }
