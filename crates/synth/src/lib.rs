@@ -26,7 +26,7 @@
 //! **Key design choice: every stage has something of its own to teach, as in real data.**
 //! Categories are strong directions in the features and the detector's object labels are
 //! mostly right (a confusable same-group label otherwise, with lower confidence); attributes
-//! are weak directions and their detector labels often wrong, while region phrases name them
+//! are weaker directions and their detector labels often wrong, while region phrases name them
 //! reliably ("old green car"); captions mention only the 1–3 salient objects, with synonyms
 //! ("guy", "couch"); counting, attribute and relation questions are about objects captions
 //! rarely mention, and their answers are balanced per question form so that a text-only

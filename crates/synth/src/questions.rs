@@ -188,16 +188,21 @@ fn describe_unique(rng: &mut Rng, lex: &Lexicon, cat: usize, syn: f32) -> &'stat
     noun(rng, lex, cat, syn)
 }
 
-/// One VQA question about a scene, or `None` when the drawn form does not fit the scene.
+/// Weights of the VQA forms: existence, attribute check, relation check (yes/no, 0.38 in
+/// all), counting (number, 0.12), colour, material, action object, support (other, 0.50) —
+/// VQA v2's answer-type mix (Goyal et al. 2017: 38% yes/no, 12% number, 50% other).
+const VQA_FORMS: [f32; 8] = [0.18, 0.1, 0.1, 0.12, 0.24, 0.08, 0.09, 0.09];
+
+/// One VQA question of the given form about a scene, or `None` when it does not fit.
 fn vqa_once(
     rng: &mut Rng,
     cfg: &WorldConfig,
     lex: &Lexicon,
     prior: &[f32],
     scene: &Scene,
+    form: usize,
 ) -> Option<Question> {
     let syn = cfg.synonym_rate;
-    let form = pick_weighted(rng, &[0.16, 0.1, 0.1, 0.16, 0.18, 0.08, 0.12, 0.1]);
     let uniques = scene.unique_objects();
     match form {
         0 => {
@@ -436,20 +441,33 @@ pub(crate) fn vqa_questions(
     scene: &Scene,
     n: usize,
 ) -> Vec<Question> {
-    distinct_questions(n, || vqa_once(rng, cfg, lex, prior, scene))
+    distinct_questions(rng, n, &VQA_FORMS, |rng, form| {
+        vqa_once(rng, cfg, lex, prior, scene, form)
+    })
 }
 
-/// Up to `n` questions with distinct sentences from `draw` (at most `20 n` draws).
-fn distinct_questions(n: usize, mut draw: impl FnMut() -> Option<Question>) -> Vec<Question> {
+/// Tries of one form before it counts as exhausted for a scene.
+const FORM_TRIES: usize = 8;
+
+/// Up to `n` questions with distinct sentences: each draws a form by `weights`, then tries
+/// `draw(rng, form)` up to [`FORM_TRIES`] times for a new sentence; a form that yields none
+/// is dropped for this scene. The mix of forms therefore follows `weights` wherever the scene
+/// allows (a form that rarely fits is not silently replaced by the ones that always do).
+fn distinct_questions(
+    rng: &mut Rng,
+    n: usize,
+    weights: &[f32],
+    mut draw: impl FnMut(&mut Rng, usize) -> Option<Question>,
+) -> Vec<Question> {
+    let mut weights = weights.to_vec();
     let mut out: Vec<Question> = Vec::new();
-    for _ in 0..n * 20 {
-        if out.len() == n {
-            break;
-        }
-        if let Some(q) = draw() {
-            if out.iter().all(|x| x.sent != q.sent) {
-                out.push(q);
-            }
+    while out.len() < n && weights.iter().any(|w| *w > 0.0) {
+        let form = pick_weighted(rng, &weights);
+        let fresh = (0..FORM_TRIES)
+            .find_map(|_| draw(rng, form).filter(|q| out.iter().all(|x| x.sent != q.sent)));
+        match fresh {
+            Some(q) => out.push(q),
+            None => weights[form] = 0.0,
         }
     }
     out
@@ -490,17 +508,21 @@ fn related(lex: &Lexicon, scene: &Scene, cat: usize, rel: Spatial, b: usize) -> 
         .collect()
 }
 
-/// One GQA question, or `None` when the drawn form does not fit.
+/// Weights of the GQA forms: colour, material, relation query, left/right, both exist
+/// (logical), relation verify, who, action object.
+const GQA_FORMS: [f32; 8] = [0.16, 0.08, 0.16, 0.14, 0.12, 0.14, 0.1, 0.1];
+
+/// One GQA question of the given form, or `None` when it does not fit.
 fn gqa_once(
     rng: &mut Rng,
     cfg: &WorldConfig,
     lex: &Lexicon,
     prior: &[f32],
     scene: &Scene,
+    form: usize,
 ) -> Option<Question> {
     let syn = cfg.synonym_rate * 0.5;
     let uniques = scene.unique_objects();
-    let form = pick_weighted(rng, &[0.16, 0.08, 0.16, 0.14, 0.12, 0.14, 0.1, 0.1]);
     // A referring pair: object a (the only one of its category related to b), b unique.
     let ref_pair =
         |rng: &mut Rng, need: &dyn Fn(usize) -> bool| -> Option<(usize, Spatial, usize)> {
@@ -804,7 +826,9 @@ pub(crate) fn gqa_questions(
     scene: &Scene,
     n: usize,
 ) -> Vec<Question> {
-    distinct_questions(n, || gqa_once(rng, cfg, lex, prior, scene))
+    distinct_questions(rng, n, &GQA_FORMS, |rng, form| {
+        gqa_once(rng, cfg, lex, prior, scene, form)
+    })
 }
 
 /// For each category, the fractions of `pairs` in which both images / neither image contain it.

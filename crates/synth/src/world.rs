@@ -33,7 +33,7 @@ use crate::text::{caption, phrases, Fact};
 
 /// Version of the generator; part of the identity of a world (a change of the generator
 /// that changes output must bump it).
-pub const GENERATOR_VERSION: &str = "msp-synth/1";
+pub const GENERATOR_VERSION: &str = "msp-synth/2";
 
 /// Name of the manifest file inside a world directory.
 pub const MANIFEST_FILE: &str = "world.json";
