@@ -16,7 +16,9 @@
 //!   threads that build batches ahead of the step.
 //! - [`pretrain`]: every stage in order into a [`RunDir`] (`config.toml`,
 //!   `stage-<k>-<name>/{checkpoint.safetensors, optimizer.safetensors, state.json, done}`,
-//!   `metrics.jsonl`, `plots/<stage>.png`, `summary.json`).
+//!   `metrics.jsonl`, `plots/<stage>.png`, `summary.json`). Each metrics line has every
+//!   task's loss and accuracy, and [`PooledStats`] of the pooled vector (`pooled.abs_mean`,
+//!   `pooled.batch_std`), which shows when the poolers saturate.
 //!
 //! **Key design choice: a run is a pure function of its configuration and the batch index.**
 //! Batch `k` of a stage depends only on `(seed, k)` (the epoch order is a seeded shuffle of
@@ -65,6 +67,7 @@ mod loader;
 mod lr_scheduler;
 mod optim;
 mod plot;
+mod pooled_stats;
 mod run;
 mod trainer;
 
@@ -83,6 +86,7 @@ pub use loader::{build_batch, with_loader, BatchPlan, StagePlan};
 pub use lr_scheduler::{warmup_linear, LinearWarmupDecay, LrSchedulerState};
 pub use optim::{Optimizer, OptimizerConfig, OptimizerKind};
 pub use plot::{plot_losses, plot_series, plot_stage};
+pub use pooled_stats::PooledStats;
 pub use run::{files, write_atomic, RunConfig, RunDir, StageState};
 pub use trainer::{
     parse_device, pretrain, resolve_config, Event, RunOutcome, StageBatches, StageSummary,

@@ -144,6 +144,15 @@ fn smoke_tps_interrupted_resumes_and_skips_finished_stages() {
     ] {
         assert!(s.get(k).is_some(), "{k} missing in {s}");
     }
+    // The pooled vector's health: |x| of a tanh product lies in [0, 1], its spread ≥ 0.
+    for l in &lines {
+        let (m, sd) = (
+            l["pooled.abs_mean"].as_f64(),
+            l["pooled.batch_std"].as_f64(),
+        );
+        assert!(matches!(m, Some(m) if (0.0..=1.0).contains(&m)), "{l}");
+        assert!(matches!(sd, Some(sd) if (0.0..=1.0).contains(&sd)), "{l}");
+    }
     let t = lines.iter().find(|l| l["stage"] == "token").unwrap();
     assert!(t.get("loss.IFRS").is_some());
     assert!(t.get("loss.TITS").is_none());
