@@ -23,20 +23,16 @@ pub struct PooledStats {
 }
 
 impl PooledStats {
-    /// Statistics of `pooled` `[B, H]`.
+    /// Statistics of `pooled` `[B, H]` (one host read: it runs on every training step).
     pub fn of(pooled: &Tensor) -> Result<Self> {
         let p = pooled.detach().to_dtype(DType::F32)?;
-        let abs_mean = p.abs()?.mean_all()?.to_scalar::<f32>()?;
+        let abs_mean = p.abs()?.mean_all()?;
         let centred = p.broadcast_sub(&p.mean_keepdim(0)?)?;
-        let batch_std = centred
-            .sqr()?
-            .mean(0)?
-            .sqrt()?
-            .mean_all()?
-            .to_scalar::<f32>()?;
+        let batch_std = centred.sqr()?.mean(0)?.sqrt()?.mean_all()?;
+        let v = Tensor::stack(&[abs_mean, batch_std], 0)?.to_vec1::<f32>()?;
         Ok(Self {
-            abs_mean,
-            batch_std,
+            abs_mean: v[0],
+            batch_std: v[1],
         })
     }
 }
