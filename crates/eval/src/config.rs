@@ -67,6 +67,14 @@ pub struct FinetuneConfig {
     /// Evaluate retrieval on only the first this many test images (all when absent).
     #[serde(default)]
     pub retrieval_test_images: Option<usize>,
+    /// σ of the N(0, σ) init of the new answer and NLVR2 heads (default: the model's
+    /// `initializer_range`, 0.02 as LXMERT). The retrieval head starts from the ITM head.
+    #[serde(default)]
+    pub head_init_std: Option<f64>,
+    /// Start every fine-tuning (not zero-shot retrieval) from freshly initialised poolers
+    /// instead of the pre-trained ones (LXMERT-S keeps them; default false).
+    #[serde(default)]
+    pub reset_poolers: bool,
 }
 
 impl FinetuneConfig {
@@ -85,6 +93,17 @@ impl FinetuneConfig {
             nlvr2: TaskSchedule::epochs(8),
             retrieval: TaskSchedule::epochs(8),
             retrieval_test_images: None,
+            head_init_std: None,
+            reset_poolers: false,
+        }
+    }
+
+    /// The model config that new task heads are built with: `model`'s, with the
+    /// initializer range replaced by `head_init_std` when set.
+    pub fn head_config(&self, model: &msp_model::Config) -> msp_model::Config {
+        msp_model::Config {
+            initializer_range: self.head_init_std.unwrap_or(model.initializer_range),
+            ..model.clone()
         }
     }
 
@@ -134,6 +153,12 @@ impl FinetuneConfig {
             if t.lr.is_some_and(|lr| !(lr > 0.0 && lr.is_finite())) {
                 return bad(&format!("{name}.lr"), "must be a positive number".into());
             }
+        }
+        if self
+            .head_init_std
+            .is_some_and(|s| !(s > 0.0 && s.is_finite()))
+        {
+            return bad("head_init_std", "must be a positive number".into());
         }
         if self.retrieval_test_images.is_some_and(|n| n < 2) {
             return bad("retrieval_test_images", "need at least 2 images".into());
@@ -222,6 +247,33 @@ retrieval = { epochs = 8 }
         .to_string();
         assert!(e.contains("finetune.vqa.epochs"), "{e}");
         assert!(FinetuneConfig::from_toml_str("[world]\n", Path::new("p.toml")).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn head_init_std_replaces_only_the_initializer_range() -> Result<()> {
+        let model = msp_model::Config {
+            hidden_size: 128,
+            ..msp_model::Config::default()
+        };
+        let mut c = FinetuneConfig::paper();
+        assert_eq!(c.head_config(&model), model);
+        c.head_init_std = Some(0.05);
+        c.validate()?;
+        let h = c.head_config(&model);
+        assert_eq!((h.initializer_range, h.hidden_size), (0.05, 128));
+        assert_eq!(
+            msp_model::Config {
+                initializer_range: 0.02,
+                ..h
+            },
+            model
+        );
+        for bad in [0.0, -0.1, f64::NAN] {
+            c.head_init_std = Some(bad);
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains("finetune.head_init_std"), "{e}");
+        }
         Ok(())
     }
 }

@@ -21,7 +21,11 @@
 //! (LXMERT-S's "validation" only computes a loss), so its last epoch is kept; ranks count
 //! ties against the positive (a constant scorer ranks last); GQA trains on `train` and
 //! selects on `valid` (LXMERT-S trains on train+valid and selects on testdev, which would
-//! leave no held-out split here); VQA trains on `train` only.
+//! leave no held-out split here); VQA trains on `train` only. Two switches of the
+//! `[finetune]` table, off by default (the paper's protocol), make small models from a
+//! random init learn: `head_init_std` (σ of the new answer / NLVR2 heads instead of the
+//! model's 0.02) and `reset_poolers` (fine-tune from fresh poolers; a pre-training from a
+//! random init saturates LXMERT-S's two `tanh` poolers).
 //!
 //! ```
 //! use msp_eval::{metrics::{rank, Recall}, soft_accuracy};

@@ -152,7 +152,10 @@ pub fn finetune_nlvr2(
     device: &Device,
     on_progress: OnProgress<'_>,
 ) -> Result<Nlvr2Result> {
-    let head = Nlvr2Head::load(model.var_builder().pp("nlvr2_head"), model.config())?;
+    let head = Nlvr2Head::load(
+        model.var_builder().pp("nlvr2_head"),
+        &cfg.head_config(model.config()),
+    )?;
     let examples = training_subset(nlvr2.train.len(), cfg.nlvr2.max_train, seed);
     let mut loss = |idx: &[usize], _: &mut rand_chacha::ChaCha8Rng| -> Result<Tensor> {
         let batch: Vec<&Nlvr2Item> = idx.iter().map(|&i| &nlvr2.train[i]).collect();

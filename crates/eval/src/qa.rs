@@ -229,7 +229,7 @@ pub fn finetune_qa(
     };
     let head = AnswerHead::load(
         model.var_builder().pp(format!("{name}_head")),
-        model.config(),
+        &cfg.head_config(model.config()),
         qa.answers.len(),
     )?;
     let n_answers = qa.answers.len();

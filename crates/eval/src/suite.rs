@@ -16,6 +16,7 @@ use crate::retrieval::{
     finetune_retrieval, zero_shot, RetrievalData, RetrievalResult, RetrievalScores,
 };
 use crate::train::OnProgress;
+use msp_model::Lxmert;
 
 /// A downstream task of the suite.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -133,6 +134,21 @@ pub enum SuiteEvent<'a> {
     Progress(&'a crate::train::Progress<'a>),
 }
 
+/// The model a fine-tuning starts from: `backbone`, with fresh poolers when
+/// `cfg.reset_poolers`.
+fn finetune_start(
+    backbone: &Backbone,
+    cfg: &FinetuneConfig,
+    seed: u64,
+    device: &Device,
+) -> Result<Lxmert> {
+    let (model, _) = backbone.build(seed, device)?;
+    if cfg.reset_poolers {
+        model.reset_poolers()?;
+    }
+    Ok(model)
+}
+
 /// Fine-tunes and evaluates every task of `tasks` from `backbone` (a fresh copy of it per
 /// task), writing predictions and `result.json` under `out/<task>/`.
 #[allow(clippy::too_many_arguments)]
@@ -189,7 +205,7 @@ pub fn run_suite(
                 let slot: Option<QaResult>;
                 run_or_cache!(slot, |progress: OnProgress<'_>| {
                     let qa = QaData::read(kind, data, cfg.max_len, wp)?;
-                    let (model, _) = backbone.build(task_seed, device)?;
+                    let model = finetune_start(backbone, cfg, task_seed, device)?;
                     finetune_qa(&model, data, &qa, cfg, task_seed, &dir, device, progress)
                 });
                 match kind {
@@ -199,7 +215,7 @@ pub fn run_suite(
             }
             DownstreamTask::Nlvr2 => run_or_cache!(res.nlvr2, |progress: OnProgress<'_>| {
                 let d = Nlvr2Data::read(data, cfg.max_len, wp)?;
-                let (model, _) = backbone.build(task_seed, device)?;
+                let model = finetune_start(backbone, cfg, task_seed, device)?;
                 finetune_nlvr2(&model, data, &d, cfg, task_seed, &dir, device, progress)
             }),
             DownstreamTask::ZeroShot => run_or_cache!(res.zero_shot, |progress: OnProgress<'_>| {
@@ -211,7 +227,7 @@ pub fn run_suite(
             DownstreamTask::Retrieval => {
                 run_or_cache!(res.retrieval, |progress: OnProgress<'_>| {
                     let r = RetrievalData::read(data, cfg, wp)?;
-                    let (model, _) = backbone.build(task_seed, device)?;
+                    let model = finetune_start(backbone, cfg, task_seed, device)?;
                     finetune_retrieval(&model, data, &r, cfg, task_seed, &dir, device, progress)
                 })
             }

@@ -70,6 +70,44 @@ fn save_then_strict_load_round_trips() {
 }
 
 #[test]
+fn reset_poolers_restores_the_fresh_poolers_only() {
+    let dev = Device::Cpu;
+    let cfg = Config::tiny();
+    for (variant, expected) in [
+        (
+            Variant::LxmertS,
+            vec![
+                "lxmert.pooler.dense.bias",
+                "lxmert.pooler.dense.weight",
+                "lxmert.pooler_f.dense.bias",
+                "lxmert.pooler_f.dense.weight",
+            ],
+        ),
+        (
+            Variant::Lxmert,
+            vec!["lxmert.pooler.dense.bias", "lxmert.pooler.dense.weight"],
+        ),
+    ] {
+        let fresh = Lxmert::new(&cfg, variant, 3, &dev).unwrap();
+        // A "pre-trained" model of the same seed: every variable moved by +0.5.
+        let trained = Lxmert::new(&cfg, variant, 3, &dev).unwrap();
+        for (_, v) in trained.named_vars() {
+            v.set(&(v.as_tensor() + 0.5).unwrap()).unwrap();
+        }
+        assert_eq!(trained.reset_poolers().unwrap(), expected);
+        for ((name, f), (_, t)) in fresh.named_vars().iter().zip(trained.named_vars().iter()) {
+            let (f, t) = (values(f.as_tensor()), values(t.as_tensor()));
+            if expected.contains(&name.as_str()) {
+                assert_eq!(f, t, "{name} is back at its init");
+            } else {
+                let moved: Vec<f32> = f.iter().map(|x| x + 0.5).collect();
+                assert_eq!(moved, t, "{name} is untouched");
+            }
+        }
+    }
+}
+
+#[test]
 fn partial_load_reports_missing_unexpected_and_mismatched() {
     let dev = Device::Cpu;
     let cfg = Config::tiny();
