@@ -5,14 +5,15 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use candle_core::{DType, Device, Var};
-use candle_nn::{Init, VarBuilder, VarMap};
+use candle_nn::{VarBuilder, VarMap};
 use serde::Serialize;
 
 use crate::checkpoint::{load_safetensors, save_varmap, LoadOptions, LoadReport};
 use crate::config::{Config, Variant};
 use crate::error::Result;
 use crate::heads::LxmertForPreTraining;
-use crate::nn::{seeded_init, DropoutRng, SeededVarMap, ShapeRecorder};
+use crate::lxmert::LxmertPooler;
+use crate::nn::{DropoutRng, SeededVarMap, ShapeRecorder};
 
 /// Builds any module with variables created in a fresh [`VarMap`] from a seeded init
 /// (N(0, σ) weights, zero biases, LayerNorm (1, 0)); the dropout RNG is seeded from `seed` too.
@@ -128,33 +129,24 @@ impl Lxmert {
     }
 
     /// Re-draws the pooler(s) (`lxmert.pooler.dense`, and `lxmert.pooler_f.dense` for
-    /// LXMERT-S) to the values a fresh model of this seed has: N(0, `initializer_range`)
-    /// weights, zero biases. Returns the names reset.
+    /// LXMERT-S) to the values a fresh model of this seed has, by building them again with
+    /// the same seeded init. Returns the names reset.
     pub fn reset_poolers(&self) -> Result<Vec<String>> {
-        let data = self
-            .varmap
-            .data()
-            .lock()
-            .map_err(|_| candle_core::Error::Msg("VarMap poisoned".into()))?;
+        let fresh = VarMap::new();
+        let vb = seeded_var_builder(&fresh, self.seed, &self.device).pp("lxmert");
+        LxmertPooler::load(vb.pp("pooler"), &self.cfg)?;
+        if self.variant.product_pooler() {
+            LxmertPooler::load(vb.pp("pooler_f"), &self.cfg)?;
+        }
+        let poisoned = || candle_core::Error::Msg("VarMap poisoned".into());
+        let fresh = fresh.data().lock().map_err(|_| poisoned())?;
+        let current = self.varmap.data().lock().map_err(|_| poisoned())?;
         let mut reset = Vec::new();
-        for (name, var) in data.iter() {
-            let init = match name.strip_prefix("lxmert.") {
-                Some("pooler.dense.weight" | "pooler_f.dense.weight") => Init::Randn {
-                    mean: 0.,
-                    stdev: self.cfg.initializer_range,
-                },
-                Some("pooler.dense.bias" | "pooler_f.dense.bias") => Init::Const(0.),
-                _ => continue,
-            };
-            let fresh = seeded_init(
-                var.shape(),
-                name,
-                init,
-                self.seed,
-                var.dtype(),
-                &self.device,
-            )?;
-            var.set(&fresh)?;
+        for (name, value) in fresh.iter() {
+            let var = current
+                .get(name)
+                .ok_or_else(|| candle_core::Error::Msg(format!("no variable {name}")))?;
+            var.set(value.as_tensor())?;
             reset.push(name.clone());
         }
         reset.sort();
