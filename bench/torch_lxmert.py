@@ -6,7 +6,9 @@ config: l_layers 0, x_layers 5, r_layers 0, hidden 768, 12 heads, FFN 3072, voca
 QA) through HF's own loss path, dropout on, and an Adam-family update (torch.optim.AdamW,
 foreach; the Rust side uses LXMERT's BertAdam, the same amount of work). `--warmup` untimed
 steps, then `--steps` timed ones; prints JSON with the median and spread, like the Rust side.
-See bench/README.md.
+`--model-config config.json` takes other sizes (HF field names, as `bench train
+--model-config` reads them; `cargo xtask bench compare --config tiny` writes one); a config
+with `num_qa_labels` 0 has no QA head, as on the Rust side. See bench/README.md.
 
     .venv-bench/bin/python bench/torch_lxmert.py --batch 32 --steps 5
 """
@@ -27,13 +29,26 @@ def main():
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--text-len", type=int, default=20)
     ap.add_argument("--regions", type=int, default=36)
+    ap.add_argument("--model-config", help="config.json with other model sizes (HF field names)")
     args = ap.parse_args()
     torch.manual_seed(0)
-    cfg = LxmertConfig(l_layers=0, x_layers=5, r_layers=0)
+    sizes, cls_id = dict(l_layers=0, x_layers=5, r_layers=0), 101
+    if args.model_config:
+        with open(args.model_config) as f:
+            given = json.load(f)
+        keys = ("vocab_size hidden_size num_attention_heads intermediate_size l_layers x_layers r_layers "
+                "visual_feat_dim visual_pos_dim max_position_embeddings type_vocab_size hidden_dropout_prob "
+                "attention_probs_dropout_prob initializer_range num_qa_labels num_object_labels "
+                "num_attr_labels visual_obj_loss visual_attr_loss visual_feat_loss").split()
+        sizes.update({k: given[k] for k in keys if k in given})
+        cls_id = given.get("cls_token_id", cls_id)
+        if sizes.get("num_qa_labels") == 0:
+            sizes.update(task_qa=False, num_qa_labels=1)
+    cfg = LxmertConfig(**sizes)
     model = LxmertForPreTraining(cfg)
     b, l, n = args.batch, args.text_len, args.regions
     ids = torch.randint(1, cfg.vocab_size, (b, l))
-    ids[:, 0] = 101
+    ids[:, 0] = cls_id
     labels = torch.full((b, l), -100, dtype=torch.long)
     mask = torch.rand(b, l) < 0.15
     mask[:, 1] = True
@@ -44,13 +59,15 @@ def main():
     boxes = torch.cat([xy, xy + 0.5], -1)
     kw = dict(
         input_ids=ids, visual_feats=feats, visual_pos=boxes, attention_mask=torch.ones(b, l, dtype=torch.long),
-        labels=labels, matched_label=torch.randint(0, 2, (b,)), ans=torch.randint(0, cfg.num_qa_labels, (b,)),
+        labels=labels, matched_label=torch.randint(0, 2, (b,)),
         obj_labels={
             "obj": (torch.randint(0, cfg.num_object_labels, (b, n)), torch.ones(b, n)),
             "attr": (torch.randint(0, cfg.num_attr_labels, (b, n)), torch.ones(b, n)),
             "feat": (feats, torch.ones(b, n)),
         },
     )
+    if cfg.task_qa:
+        kw["ans"] = torch.randint(0, cfg.num_qa_labels, (b,))
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5, eps=1e-6, weight_decay=0.01)
     rows = []

@@ -19,6 +19,11 @@ enum BenchCommand {
     Train(TrainArgs),
     /// `bench train --config paper` and bench/torch_lxmert.py alternately, then the ratio.
     Compare {
+        /// `paper`: the paper's LXMERT-S sizes. A preset name (tiny, small, …): the same
+        /// workload (HF's pre-training heads, random batch) at that preset's model sizes, with
+        /// its world's vocabulary and label counts, tokens and regions, on both sides.
+        #[arg(long, default_value = "paper")]
+        config: String,
         /// Python with torch and transformers (default: .venv-bench/bin/python, else
         /// .venv-fixture/bin/python, else python3).
         #[arg(long)]
@@ -58,12 +63,13 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     match args.command {
         BenchCommand::Train(a) => run_train(a)?,
         BenchCommand::Compare {
+            config,
             python,
             rounds,
             batch,
             steps,
             json,
-        } => run_compare(python, rounds, batch, steps, json)?,
+        } => run_compare(&config, python, rounds, batch, steps, json)?,
         BenchCommand::Gemm {
             square,
             rows,
@@ -106,6 +112,10 @@ struct TrainArgs {
     /// Untimed steps first.
     #[arg(long, default_value_t = 1)]
     warmup: usize,
+    /// `paper` config: the model sizes of this HF-style config.json instead of the paper's
+    /// (`bench compare --config PRESET` writes one for a preset).
+    #[arg(long)]
+    model_config: Option<std::path::PathBuf>,
     /// Tokens per example (`paper` config).
     #[arg(long, default_value_t = 20)]
     text_len: usize,
@@ -169,8 +179,8 @@ struct TrainReport {
 
 fn run_train(a: TrainArgs) -> anyhow::Result<()> {
     use msp_curriculum::{
-        bench_loader, bench_train_data, bench_train_synthetic, parse_device, resolve_config,
-        OptimizerConfig, Preset, Schedule, TrainBenchOptions,
+        bench_loader, bench_train_data, bench_train_synthetic, parse_device, OptimizerConfig,
+        TrainBenchOptions,
     };
     msp_model::ops::set_fused(!a.composite);
     let device = parse_device(&a.device)?;
@@ -184,7 +194,10 @@ fn run_train(a: TrainArgs) -> anyhow::Result<()> {
         optimizer: OptimizerConfig::bert_adam(),
     };
     let (cfg, variant, text_len, regions, timings, loader) = if a.config == "paper" {
-        let cfg = Config::default();
+        let cfg = match &a.model_config {
+            Some(path) => Config::from_json_file(path)?,
+            None => Config::default(),
+        };
         let variant = Variant::Lxmert;
         let t = bench_train_synthetic(
             &cfg,
@@ -195,38 +208,14 @@ fn run_train(a: TrainArgs) -> anyhow::Result<()> {
         )?;
         (cfg, variant, a.text_len, a.regions, vec![t], None)
     } else {
-        let presets_dir = crate::synth::default_presets_dir();
-        let preset = Preset::load(&presets_dir, &a.config)?;
-        let data_dir = crate::pretrain::data_dir(&a.config, 0, a.data.clone(), &presets_dir)?;
-        let data = crate::pretrain::open_data(&data_dir, &preset)?;
-        let run = resolve_config(
-            &a.config,
-            &preset,
-            &"T,P,S".parse::<Schedule>()?,
-            &[],
-            0,
-            &data,
-        )?;
-        let stage = run
-            .stages
-            .iter()
-            .position(|s| s.name.contains(&a.stage))
-            .ok_or_else(|| {
-                let names: Vec<&str> = run.stages.iter().map(|s| s.name.as_str()).collect();
-                anyhow::anyhow!(
-                    "no stage named {:?} (stages: {})",
-                    a.stage,
-                    names.join(", ")
-                )
-            })?;
+        let PresetWorkload {
+            run,
+            data,
+            stage,
+            text_len,
+            regions,
+        } = PresetWorkload::load(&a.config, a.data.clone(), &a.stage)?;
         let workers = run.pretrain.workers;
-        let text_len = run.stages[stage]
-            .sources
-            .iter()
-            .map(|s| s.max_len)
-            .max()
-            .unwrap_or(0);
-        let regions = data.store.num_boxes(0)?;
         let timings = bench_train_data(&run, &data, stage, a.batch, workers, &opts, &device)?;
         let loader = if a.loader_batches > 0 {
             Some(bench_loader(
@@ -314,6 +303,53 @@ fn run_train(a: TrainArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A preset's pre-training workload: its resolved run (T,P,S, seed 0), data and one stage.
+struct PresetWorkload {
+    run: msp_curriculum::RunConfig,
+    data: msp_curriculum::PretrainData,
+    /// Index of the chosen stage in `run.stages`.
+    stage: usize,
+    /// Longest text of the stage's sources (tokens).
+    text_len: usize,
+    /// Regions per image of the data.
+    regions: usize,
+}
+
+impl PresetWorkload {
+    /// Loads preset `name`, its data (`data`, or its synthetic world, generated once) and the
+    /// stage whose name contains `stage`.
+    fn load(name: &str, data: Option<std::path::PathBuf>, stage: &str) -> anyhow::Result<Self> {
+        use msp_curriculum::{resolve_config, Preset, Schedule};
+        let presets_dir = crate::synth::default_presets_dir();
+        let preset = Preset::load(&presets_dir, name)?;
+        let data_dir = crate::pretrain::data_dir(name, 0, data, &presets_dir)?;
+        let data = crate::pretrain::open_data(&data_dir, &preset)?;
+        let run = resolve_config(name, &preset, &"T,P,S".parse::<Schedule>()?, &[], 0, &data)?;
+        let index = run
+            .stages
+            .iter()
+            .position(|s| s.name.contains(stage))
+            .ok_or_else(|| {
+                let names: Vec<&str> = run.stages.iter().map(|s| s.name.as_str()).collect();
+                anyhow::anyhow!("no stage named {stage:?} (stages: {})", names.join(", "))
+            })?;
+        let text_len = run.stages[index]
+            .sources
+            .iter()
+            .map(|s| s.max_len)
+            .max()
+            .unwrap_or(0);
+        let regions = data.store.num_boxes(0)?;
+        Ok(Self {
+            run,
+            data,
+            stage: index,
+            text_len,
+            regions,
+        })
+    }
+}
+
 /// Runs a command and parses its standard output as JSON.
 fn json_of(cmd: &mut std::process::Command) -> anyhow::Result<serde_json::Value> {
     let out = cmd.output().with_context(|| format!("starting {cmd:?}"))?;
@@ -336,6 +372,7 @@ fn median_sps(v: &serde_json::Value) -> anyhow::Result<f64> {
 }
 
 fn run_compare(
+    config: &str,
     python: Option<std::path::PathBuf>,
     rounds: usize,
     batch: usize,
@@ -352,17 +389,48 @@ fn run_compare(
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../bench/torch_lxmert.py");
     let exe = std::env::current_exe()?;
     let (b, st) = (batch.to_string(), steps.to_string());
+    // Both sides get the same sizes: the paper's by default, else the preset's, through a
+    // config.json that lives as long as this command.
+    let sized = if config == "paper" {
+        None
+    } else {
+        let w = PresetWorkload::load(config, None, "sentence")?;
+        let mut file = tempfile::Builder::new()
+            .prefix(&format!("msp-bench-{config}-"))
+            .suffix(".json")
+            .tempfile()?;
+        std::io::Write::write_all(&mut file, w.run.model.to_json().as_bytes())?;
+        Some((file, w.text_len.to_string(), w.regions.to_string()))
+    };
+    let mut sizes: Vec<std::ffi::OsString> = Vec::new();
+    if let Some((file, text_len, regions)) = &sized {
+        for a in [
+            "--text-len",
+            text_len,
+            "--regions",
+            regions,
+            "--model-config",
+        ] {
+            sizes.push(a.into());
+        }
+        sizes.push(file.path().into());
+    }
     let mut results = Vec::new();
     for round in 0..rounds.max(1) {
         eprintln!("round {}: candle (msp)…", round + 1);
-        let ours = json_of(std::process::Command::new(&exe).args([
-            "bench", "train", "--config", "paper", "--batch", &b, "--steps", &st, "--json",
-        ]))?;
+        let ours = json_of(
+            std::process::Command::new(&exe)
+                .args([
+                    "bench", "train", "--config", "paper", "--batch", &b, "--steps", &st, "--json",
+                ])
+                .args(&sizes),
+        )?;
         eprintln!("round {}: PyTorch…", round + 1);
         let torch = json_of(
             std::process::Command::new(&python)
                 .arg(&script)
-                .args(["--batch", &b, "--steps", &st]),
+                .args(["--batch", &b, "--steps", &st])
+                .args(&sizes),
         )?;
         let (o, t) = (median_sps(&ours)?, median_sps(&torch)?);
         eprintln!(

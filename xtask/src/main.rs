@@ -74,6 +74,15 @@ fn main() -> anyhow::Result<()> {
     unsafe {
         libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1);
     }
+    // candle's element-wise ops run on a barrier pool of its own beside rayon (which runs the
+    // matrix products of msp_model::ops); its idle worker spins and competes with rayon's
+    // threads for the cores (perf of a tiny step: a third of the samples in `candle-bp-0`).
+    // Without that pool (element-wise ops on the calling thread) a tiny pre-training step ran
+    // 189.5 vs 174.4 samples/s and the paper config 3.87 vs 3.77 (medians, alternating in
+    // one run). An explicit CANDLE_NUM_THREADS is kept.
+    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        std::env::set_var("CANDLE_NUM_THREADS", "1");
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()

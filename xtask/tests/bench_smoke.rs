@@ -29,6 +29,23 @@ fn positive(v: &serde_json::Value, pointer: &str) -> f64 {
     x
 }
 
+/// Multiply-adds of one forward pass of HF's LXMERT (l = r = 0) with its pre-training heads
+/// but no QA head, at 4 tokens, 3 regions and 1 masked token, by hand: visual encoders
+/// (features + 4 box coordinates), `x` cross layers (cross-attention both ways, then a
+/// self-attention layer and an FFN per side), pooler, ITM, MLM at the masked token, and the
+/// object head on every region (`visual_out` = object + attribute + feature outputs).
+fn hf_macs(h: f64, i: f64, x: f64, vocab: f64, feat: f64, visual_out: f64) -> f64 {
+    let (l, n) = (4.0, 3.0);
+    let self_layer = |t: f64| 4.0 * h * h * t + 2.0 * t * t * h + 2.0 * h * i * t;
+    let cross = 4.0 * h * h * (l + n) + 4.0 * l * n * h;
+    n * h * (feat + 4.0)
+        + x * (cross + self_layer(l) + self_layer(n))
+        + h * h
+        + 2.0 * h
+        + (h * h + h * vocab)
+        + n * (h * h + h * visual_out)
+}
+
 #[test]
 fn bench_gemm_and_train_run_one_step() {
     let dir = tempfile::tempdir().unwrap();
@@ -40,8 +57,8 @@ fn bench_gemm_and_train_run_one_step() {
     positive(&gemm, "/peak_gflops");
 
     // The paper workload (HF heads on a random batch), shrunk to 2 examples of 4 tokens.
-    let paper = bench_json(
-        &[
+    let paper_workload = |extra: &[&str]| {
+        let mut args = vec![
             "train",
             "--config",
             "paper",
@@ -57,9 +74,11 @@ fn bench_gemm_and_train_run_one_step() {
             "0",
             "--gemm-peak",
             "100",
-        ],
-        dir.path(),
-    );
+        ];
+        args.extend_from_slice(extra);
+        bench_json(&args, dir.path())
+    };
+    let paper = paper_workload(&[]);
     assert_eq!(
         paper["params"].as_u64(),
         Some(128_821_544),
@@ -67,20 +86,46 @@ fn bench_gemm_and_train_run_one_step() {
     );
     positive(&paper, "/runs/0/samples_per_s/median");
     positive(&paper, "/runs/0/split/backward_s");
-    // The analytic count at 4 tokens, 3 regions, 1 masked token, by hand (see forward_flops):
-    // 3 × 2 × (visual 3·768·2052 + 5 × cross layer + pooler + heads) multiply-adds.
-    let (h, i, l, n) = (768.0f64, 3072.0f64, 4.0f64, 3.0f64);
-    let self_layer = |t: f64| 4.0 * h * h * t + 2.0 * t * t * h + 2.0 * h * i * t;
-    let cross = 4.0 * h * h * (l + n) + 4.0 * l * n * h;
-    let macs = n * h * 2052.0
-        + 5.0 * (cross + self_layer(l) + self_layer(n))
-        + h * h
-        + 2.0 * h
-        + (h * h + h * 30522.0)
-        + n * (h * h + h * (1600.0 + 400.0 + 2048.0))
-        + 2.0 * h * h
-        + 2.0 * h * 9500.0;
+    // The analytic count at 4 tokens, 3 regions, 1 masked token, by hand (see forward_flops).
+    let macs = hf_macs(768.0, 3072.0, 5.0, 30522.0, 2048.0, 1600.0 + 400.0 + 2048.0)
+        + 2.0 * 768.0 * (768.0 + 9500.0);
     let flop = positive(&paper, "/train_gflop_per_sample") * 1e9;
+    assert!(
+        (flop - 6.0 * macs).abs() / flop < 1e-9,
+        "{flop} vs {}",
+        6.0 * macs
+    );
+
+    // The same workload at other sizes (`--model-config`, what `bench compare --config tiny`
+    // passes both sides): hidden 64, FFN 128, 2 cross layers, no QA head.
+    let sizes = dir.path().join("sizes.json");
+    std::fs::write(
+        &sizes,
+        r#"{"vocab_size": 100, "hidden_size": 64, "num_attention_heads": 4,
+            "intermediate_size": 128, "x_layers": 2, "visual_feat_dim": 16,
+            "max_position_embeddings": 32, "num_qa_labels": 0, "num_object_labels": 7,
+            "num_attr_labels": 5, "cls_token_id": 2}"#,
+    )
+    .unwrap();
+    let small = paper_workload(&["--model-config", sizes.to_str().unwrap()]);
+    // By hand: embeddings 100·64 + 32·64 + 2·64 + LN; visual encoders 16·64+64 + 4·64+64 + 2
+    // LNs; per cross layer 3 attention blocks (4 (h² + h) + LN) and 2 FFNs (2·h·128 + 128 + h
+    // + LN); pooler; MLM transform + LN + decoder bias (tied weights); ITM; object head
+    // (transform + LN, decoders to 7 / 5 / 16).
+    let (h, i, v) = (64u64, 128u64, 100u64);
+    let attention = 4 * (h * h + h) + 2 * h;
+    let ffn = 2 * h * i + i + h + 2 * h;
+    let params = (v * h + 32 * h + 2 * h + 2 * h)
+        + (16 * h + h + 2 * h + 4 * h + h + 2 * h)
+        + 2 * (3 * attention + 2 * ffn)
+        + (h * h + h)
+        + (h * h + h + 2 * h + v)
+        + (2 * h + 2)
+        + (h * h + h + 2 * h + (h * 7 + 7) + (h * 5 + 5) + (h * 16 + 16));
+    assert_eq!(small["params"].as_u64(), Some(params));
+    assert_eq!(params, 192_578);
+    let macs = hf_macs(64.0, 128.0, 2.0, 100.0, 16.0, 7.0 + 5.0 + 16.0);
+    let flop = positive(&small, "/train_gflop_per_sample") * 1e9;
     assert!(
         (flop - 6.0 * macs).abs() / flop < 1e-9,
         "{flop} vs {}",
