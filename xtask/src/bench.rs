@@ -391,7 +391,8 @@ fn run_compare(
     let (b, st) = (batch.to_string(), steps.to_string());
     // Both sides get the same sizes: the paper's by default, else the preset's, through a
     // config.json that lives as long as this command.
-    let sized = if config == "paper" {
+    let mut sizes: Vec<std::ffi::OsString> = Vec::new();
+    let _model_config = if config == "paper" {
         None
     } else {
         let w = PresetWorkload::load(config, None, "sentence")?;
@@ -400,21 +401,19 @@ fn run_compare(
             .suffix(".json")
             .tempfile()?;
         std::io::Write::write_all(&mut file, w.run.model.to_json().as_bytes())?;
-        Some((file, w.text_len.to_string(), w.regions.to_string()))
-    };
-    let mut sizes: Vec<std::ffi::OsString> = Vec::new();
-    if let Some((file, text_len, regions)) = &sized {
+        let (text_len, regions) = (w.text_len.to_string(), w.regions.to_string());
         for a in [
             "--text-len",
-            text_len,
+            &text_len,
             "--regions",
-            regions,
+            &regions,
             "--model-config",
         ] {
             sizes.push(a.into());
         }
         sizes.push(file.path().into());
-    }
+        Some(file)
+    };
     let mut results = Vec::new();
     for round in 0..rounds.max(1) {
         eprintln!("round {}: candle (msp)…", round + 1);

@@ -46,6 +46,16 @@ fn hf_macs(h: f64, i: f64, x: f64, vocab: f64, feat: f64, visual_out: f64) -> f6
         + n * (h * h + h * visual_out)
 }
 
+/// The report's analytic FLOPs per example-step are 3 passes × 2 × `macs`.
+fn assert_train_flops(report: &serde_json::Value, macs: f64) {
+    let flop = positive(report, "/train_gflop_per_sample") * 1e9;
+    assert!(
+        (flop - 6.0 * macs).abs() / flop < 1e-9,
+        "{flop} vs {}",
+        6.0 * macs
+    );
+}
+
 #[test]
 fn bench_gemm_and_train_run_one_step() {
     let dir = tempfile::tempdir().unwrap();
@@ -89,12 +99,7 @@ fn bench_gemm_and_train_run_one_step() {
     // The analytic count at 4 tokens, 3 regions, 1 masked token, by hand (see forward_flops).
     let macs = hf_macs(768.0, 3072.0, 5.0, 30522.0, 2048.0, 1600.0 + 400.0 + 2048.0)
         + 2.0 * 768.0 * (768.0 + 9500.0);
-    let flop = positive(&paper, "/train_gflop_per_sample") * 1e9;
-    assert!(
-        (flop - 6.0 * macs).abs() / flop < 1e-9,
-        "{flop} vs {}",
-        6.0 * macs
-    );
+    assert_train_flops(&paper, macs);
 
     // The same workload at other sizes (`--model-config`, what `bench compare --config tiny`
     // passes both sides): hidden 64, FFN 128, 2 cross layers, no QA head.
@@ -125,12 +130,7 @@ fn bench_gemm_and_train_run_one_step() {
     assert_eq!(small["params"].as_u64(), Some(params));
     assert_eq!(params, 192_578);
     let macs = hf_macs(64.0, 128.0, 2.0, 100.0, 16.0, 7.0 + 5.0 + 16.0);
-    let flop = positive(&small, "/train_gflop_per_sample") * 1e9;
-    assert!(
-        (flop - 6.0 * macs).abs() / flop < 1e-9,
-        "{flop} vs {}",
-        6.0 * macs
-    );
+    assert_train_flops(&small, macs);
 
     // A preset on its synthetic world: in-memory batch, loader, loader alone.
     let smoke = bench_json(
