@@ -182,6 +182,18 @@ fn run_train(a: TrainArgs) -> anyhow::Result<()> {
         bench_loader, bench_train_data, bench_train_synthetic, parse_device, OptimizerConfig,
         TrainBenchOptions,
     };
+    if a.config != "paper" {
+        if let Some(path) = &a.model_config {
+            anyhow::bail!(
+                "--model-config {} applies to `--config paper` only; `--config {}` takes its \
+                 sizes from the preset (use `bench compare --config {}` for the HF workload at \
+                 the preset's sizes)",
+                path.display(),
+                a.config,
+                a.config
+            );
+        }
+    }
     msp_model::ops::set_fused(!a.composite);
     let device = parse_device(&a.device)?;
     let gemm_peak = match a.gemm_peak {

@@ -157,3 +157,26 @@ fn bench_gemm_and_train_run_one_step() {
     positive(&smoke, "/loader_over_step");
     assert!(dir.path().join("worlds/smoke-seed0/world.json").exists());
 }
+
+#[test]
+fn model_config_with_a_preset_is_an_error_not_ignored() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args([
+            "bench",
+            "train",
+            "--config",
+            "tiny",
+            "--model-config",
+            "sizes.json",
+        ])
+        .current_dir(dir.path())
+        .output()
+        .expect("xtask runs");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--model-config sizes.json applies to `--config paper` only"),
+        "{err}"
+    );
+}

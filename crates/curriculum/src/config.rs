@@ -395,6 +395,10 @@ pub struct ModelPreset {
     /// Dropout (0.1 as BERT).
     #[serde(default = "default_dropout")]
     pub dropout: f64,
+    /// LXMERT-S's visual heads gated by the pooled vector (default `true`, as LXMERT-S); see
+    /// [`msp_model::Config::gate_visual_heads`].
+    #[serde(default = "default_gate_visual_heads")]
+    pub gate_visual_heads: bool,
 }
 
 /// The `[model]` key a model-config field comes from (both dropouts are `dropout`).
@@ -413,6 +417,10 @@ fn default_dropout() -> f64 {
     0.1
 }
 
+fn default_gate_visual_heads() -> bool {
+    true
+}
+
 impl ModelPreset {
     /// The paper's LXMERT-S sizes.
     pub fn paper() -> Self {
@@ -426,6 +434,7 @@ impl ModelPreset {
             r_layers: 0,
             max_position_embeddings: 512,
             dropout: 0.1,
+            gate_visual_heads: true,
         }
     }
 
@@ -480,6 +489,7 @@ impl ModelPreset {
             num_object_labels: data.num_objects,
             num_attr_labels: data.num_attributes,
             cls_token_id: data.cls_token_id,
+            gate_visual_heads: self.gate_visual_heads,
             ..msp_model::Config::default()
         }
     }
@@ -641,6 +651,18 @@ sentence = { epochs = 1, batch_size = 8, max_steps = 3 }
 "#;
         let p = Preset::from_toml_str(good, Path::new("p.toml"));
         assert!(p.is_ok(), "{p:?}");
+        let shape = DataShape {
+            vocab_size: 50,
+            feature_dim: 16,
+            num_objects: 7,
+            num_attributes: 5,
+            cls_token_id: 2,
+        };
+        // LXMERT-S's gated visual heads unless the preset turns them off.
+        assert!(p.unwrap().model.model_config(&shape).gate_visual_heads);
+        let ungated = good.replace("x_layers = 2", "x_layers = 2\ngate_visual_heads = false");
+        let p = Preset::from_toml_str(&ungated, Path::new("p.toml")).unwrap();
+        assert!(!p.model.model_config(&shape).gate_visual_heads);
         let bad = good.replace("x_layers = 2", "x_layers = 2\nlayers = 3");
         let e = Preset::from_toml_str(&bad, Path::new("p.toml"));
         assert!(

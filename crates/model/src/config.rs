@@ -64,6 +64,11 @@ pub struct Config {
     /// Freeze row 0 of the word/position/token-type tables (PyTorch `padding_idx=0`, as LXMERT
     /// and HF do): row 0 is used in the forward but receives no gradient.
     pub freeze_padding_rows: bool,
+    /// LXMERT-S only: the visual heads' decoders see transform(v) ⊙ pooled (`true`, as
+    /// LXMERT-S's code) or transform(v) alone (`false`, as LXMERT). Not an HF key. From a
+    /// random init the gate drives both tanh poolers to saturation (the pooled vector becomes
+    /// a constant ±1), which keeps ITM at chance; `false` avoids that.
+    pub gate_visual_heads: bool,
 }
 
 impl Default for Config {
@@ -93,6 +98,7 @@ impl Default for Config {
             visual_feat_loss: true,
             cls_token_id: 101,
             freeze_padding_rows: true,
+            gate_visual_heads: true,
         }
     }
 }
@@ -258,7 +264,7 @@ impl Variant {
     pub fn product_pooler(self) -> bool {
         self == Variant::LxmertS
     }
-    /// Visual head decoders see transform(v) ⊙ pooled.
+    /// Visual head decoders see transform(v) ⊙ pooled (unless `Config::gate_visual_heads` is off).
     pub fn gated_visual_heads(self) -> bool {
         self == Variant::LxmertS
     }

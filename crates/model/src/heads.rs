@@ -277,6 +277,8 @@ pub struct LxmertForPreTraining {
     /// Pre-training QA head.
     pub answer_head: Option<AnswerHead>,
     variant: Variant,
+    /// The visual heads are gated by the pooled vector (LXMERT-S with `gate_visual_heads`).
+    gated: bool,
 }
 
 impl LxmertForPreTraining {
@@ -309,6 +311,7 @@ impl LxmertForPreTraining {
             },
             lxmert,
             variant,
+            gated: variant.gated_visual_heads() && cfg.gate_visual_heads,
         })
     }
 
@@ -327,9 +330,10 @@ impl LxmertForPreTraining {
         }
     }
 
-    /// Visual head predictions on the regions (gated by the pooled vector for LXMERT-S).
+    /// Visual head predictions on the regions (gated by the pooled vector for LXMERT-S unless
+    /// the config's `gate_visual_heads` is off).
     pub fn visual_predictions(&self, out: &LxmertOutput) -> Result<VisualPredictions> {
-        let gate = if self.variant.gated_visual_heads() {
+        let gate = if self.gated {
             Some(&out.pooled_output)
         } else {
             None

@@ -23,7 +23,9 @@
 //! the second pooler is `lxmert.pooler_f`; the additive mask value is −10000 (LXMERT; HF's
 //! dtype minimum gives the same f32 probabilities); row 0 of each embedding table gets no
 //! gradient (`padding_idx=0`, as LXMERT and HF), switchable with
-//! [`Config::freeze_padding_rows`].
+//! [`Config::freeze_padding_rows`]; LXMERT-S's gate on the visual heads (which saturates the
+//! poolers when pre-training from a random init) can be switched off with
+//! [`Config::gate_visual_heads`].
 //!
 //! ```
 //! use candle_core::{Device, Tensor};

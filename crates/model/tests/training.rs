@@ -162,3 +162,47 @@ fn visual_permutation_permutes_the_vision_stream_only() {
         );
     }
 }
+
+#[test]
+fn gate_visual_heads_off_feeds_the_decoders_the_ungated_transform() {
+    let dev = Device::Cpu;
+    let on = Config::tiny();
+    let off = Config {
+        gate_visual_heads: false,
+        ..Config::tiny()
+    };
+    // Same seed, so both models have the same weights; the switch adds or removes none.
+    let gated = Lxmert::new(&on, Variant::LxmertS, 5, &dev).unwrap();
+    let plain = Lxmert::new(&off, Variant::LxmertS, 5, &dev).unwrap();
+    assert_eq!(gated.named_vars().len(), plain.named_vars().len());
+    let batch = SyntheticBatch::new(&on, 3, 6, 4, 3, &dev).unwrap();
+    let out = gated.model().forward_t(&batch.inputs(), false).unwrap();
+    let regions = gated.model().regions(&out).unwrap();
+    let head = &gated.model().obj_predict_head;
+    let obj = |p: msp_model::VisualPredictions| -> Vec<f32> {
+        p.obj.unwrap().flatten_all().unwrap().to_vec1().unwrap()
+    };
+    let ungated = obj(head.forward(&regions, None).unwrap());
+    let with_gate = obj(head.forward(&regions, Some(&out.pooled_output)).unwrap());
+    assert_ne!(ungated, with_gate, "the gate changes the logits");
+    assert_eq!(
+        obj(gated.model().visual_predictions(&out).unwrap()),
+        with_gate
+    );
+    assert_eq!(
+        obj(plain.model().visual_predictions(&out).unwrap()),
+        ungated
+    );
+    // LXMERT has no gate whatever the switch says.
+    let lxmert = Lxmert::new(&on, Variant::Lxmert, 5, &dev).unwrap();
+    let out = lxmert.model().forward_t(&batch.inputs(), false).unwrap();
+    let regions = lxmert.model().regions(&out).unwrap();
+    assert_eq!(
+        obj(lxmert.model().visual_predictions(&out).unwrap()),
+        obj(lxmert
+            .model()
+            .obj_predict_head
+            .forward(&regions, None)
+            .unwrap())
+    );
+}
