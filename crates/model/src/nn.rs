@@ -172,21 +172,15 @@ impl Dropout {
         }
         let n = x.elem_count();
         let p = self.p as f32;
-        let scale = 1.0 / (1.0 - p);
-        let mask: Vec<f32> = {
+        let keep: Vec<bool> = {
             let mut rng = self
                 .rng
                 .0
                 .lock()
                 .map_err(|_| candle_core::Error::Msg("dropout RNG poisoned".into()))?;
-            (0..n)
-                .map(|_| if rng.random::<f32>() < p { 0.0 } else { scale })
-                .collect()
+            (0..n).map(|_| rng.random::<f32>() >= p).collect()
         };
-        let mask = Tensor::from_vec(mask, x.shape(), &Device::Cpu)?
-            .to_device(x.device())?
-            .to_dtype(x.dtype())?;
-        x.mul(&mask)
+        crate::ops::dropout_masked(x, &keep, 1.0 / (1.0 - p))
     }
 }
 
