@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use indicatif::{ProgressBar, ProgressStyle};
-use msp_curriculum::parse_device;
+use msp_curriculum::{files, parse_device};
 use msp_eval::{
     run_suite, score_file, Backbone, DownstreamData, DownstreamResults, DownstreamTask,
     FinetuneConfig, Progress, ScoredTask, SuiteEvent,
@@ -168,6 +168,16 @@ pub fn run_finetune(args: FinetuneArgs) -> anyhow::Result<()> {
         .unwrap_or_else(crate::synth::default_presets_dir);
     let cfg = FinetuneConfig::load(&presets_dir, &args.preset)?;
     let device = parse_device(&args.device)?;
+    // `reproduce` keeps its pre-training in `runs/NAME/pretrain`.
+    let nested = args.run.join("pretrain");
+    if !args.run.join(files::CONFIG).exists() && nested.join(files::CONFIG).exists() {
+        anyhow::bail!(
+            "{} is a reproduce run, not a pre-training run (no {}): pass --run {}",
+            args.run.display(),
+            files::CONFIG,
+            nested.display()
+        );
+    }
     let backbone = Backbone::from_run(&args.run)?;
     let data_dir = match args.data.clone() {
         Some(d) => d,

@@ -91,6 +91,20 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    // Run the command on one of rayon's workers (as many as cores), not beside them: the
+    // matrix products of msp_model::ops split their work over rayon, and a caller outside the
+    // pool blocks while the workers run, then the idle workers spin for the cores while the
+    // caller runs the serial ops. Inside the pool the caller takes a share of every product
+    // and there are as many threads as cores. Tiny pre-training step, alternating in one run:
+    // 291.6 / 242.2 / 244.0 samples/s inside against 216.3 / 211.3 / 228.7 outside; paper
+    // config 4.08 / 4.09 against 4.01 / 3.87.
+    rayon::ThreadPoolBuilder::new()
+        .build()?
+        .install(|| dispatch(cli))
+}
+
+/// Runs one subcommand.
+fn dispatch(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Features(args) => features::run(args),
         Command::Model(args) => model::run(args),

@@ -1,5 +1,6 @@
 //! The main job end to end: `cargo xtask reproduce --preset smoke` from nothing (world,
 //! T→P→S, every downstream task, report), then `eval score` on one of its prediction files,
+//! then `finetune` pointed at the reproduce directory (an error naming the run inside it),
 //! then a rerun that reuses everything.
 
 use std::path::Path;
@@ -112,6 +113,27 @@ fn reproduce_smoke_writes_the_papers_tables() {
     assert_eq!(s["task"], "vqa");
     assert!((num(&s["accuracy"]) - num(&r["vqa"]["test_accuracy"])).abs() < 1e-6);
     assert_eq!(s["n"], r["vqa"]["n"][1]);
+
+    // `finetune --run` given the reproduce directory says where its pre-training run is.
+    let wrong = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args([
+            "finetune",
+            "--run",
+            "runs/r",
+            "--preset",
+            "smoke",
+            "--presets-dir",
+        ])
+        .arg(&presets)
+        .current_dir(root)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&wrong.stderr);
+    assert!(!wrong.status.success(), "{err}");
+    assert!(
+        err.contains("runs/r is a reproduce run") && err.contains("pass --run runs/r/pretrain"),
+        "{err}"
+    );
 
     // Running again reuses the world, the pre-training and every downstream result.
     let again = xtask(&args, root);

@@ -37,6 +37,17 @@ impl TaskSchedule {
     }
 }
 
+/// Where the retrieval fine-tuning's match head starts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RetrievalHead {
+    /// A copy of the pre-trained ITM head (LXMERT-S).
+    #[default]
+    Itm,
+    /// A new head, initialised like the answer head (`head_init_std`).
+    Fresh,
+}
+
 /// Fine-tuning settings shared by every downstream task.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -68,9 +79,13 @@ pub struct FinetuneConfig {
     #[serde(default)]
     pub retrieval_test_images: Option<usize>,
     /// σ of the N(0, σ) init of the new answer and NLVR2 heads (default: the model's
-    /// `initializer_range`, 0.02 as LXMERT). The retrieval head starts from the ITM head.
+    /// `initializer_range`, 0.02 as LXMERT), and of a fresh retrieval head.
     #[serde(default)]
     pub head_init_std: Option<f64>,
+    /// `itm` (default): the retrieval head starts from the pre-trained ITM head; `fresh`: a
+    /// new head (for a pre-training whose ITM head stayed at chance).
+    #[serde(default)]
+    pub retrieval_head: RetrievalHead,
     /// Start every fine-tuning (not zero-shot retrieval) from freshly initialised poolers
     /// instead of the pre-trained ones (LXMERT-S keeps them; default false).
     #[serde(default)]
@@ -94,6 +109,7 @@ impl FinetuneConfig {
             retrieval: TaskSchedule::epochs(8),
             retrieval_test_images: None,
             head_init_std: None,
+            retrieval_head: RetrievalHead::Itm,
             reset_poolers: false,
         }
     }
@@ -232,6 +248,19 @@ retrieval = { epochs = 8 }
         let c = FinetuneConfig::from_toml_str(text, Path::new("p.toml"))?;
         assert_eq!(c.vqa.max_train, Some(100));
         assert_eq!(c.nlvr2.lr, Some(1e-4));
+        assert_eq!(c.retrieval_head, RetrievalHead::Itm);
+        let fresh = FinetuneConfig::from_toml_str(
+            &text.replace("optimizer =", "retrieval_head = \"fresh\"\noptimizer ="),
+            Path::new("p.toml"),
+        )?;
+        assert_eq!(fresh.retrieval_head, RetrievalHead::Fresh);
+        let e = FinetuneConfig::from_toml_str(
+            &text.replace("optimizer =", "retrieval_head = \"new\"\noptimizer ="),
+            Path::new("p.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("p.toml") && e.contains("fresh"), "{e}");
         let e = FinetuneConfig::from_toml_str(
             &text.replace("gqa = { epochs = 5 }", "gqa = { epochs = 5, epoch = 1 }"),
             Path::new("p.toml"),

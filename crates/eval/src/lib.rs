@@ -9,10 +9,10 @@
 //! - **NLVR2** ([`finetune_nlvr2`]): two passes, concatenated pooled vectors, 2-way CE,
 //!   accuracy; predictions as `identifier,True|False` CSV.
 //! - **Retrieval** ([`finetune_retrieval`], [`zero_shot`]): match head initialised from the
-//!   ITM head, 1 positive + random image, hard caption, random caption per training
-//!   caption; every test caption × image pair scored; R@1/5/10 for image retrieval and for
-//!   text retrieval both the standard five-caption protocol and LXMERT-S's first-caption
-//!   one ([`ScoreMatrix`]).
+//!   ITM head (or fresh, [`RetrievalHead`]), 1 positive + random image, hard caption,
+//!   random caption per training caption; every test caption × image pair scored; R@1/5/10
+//!   for image retrieval and for text retrieval both the standard five-caption protocol and
+//!   LXMERT-S's first-caption one ([`ScoreMatrix`]).
 //! - [`run_suite`] runs them all for one [`Backbone`], task by task, resumable;
 //!   [`score_file`] scores a predictions file against a gold file; [`Report`] renders the
 //!   paper's Tables 1–3 from the results, with the paper's numbers labelled as such.
@@ -21,11 +21,13 @@
 //! (LXMERT-S's "validation" only computes a loss), so its last epoch is kept; ranks count
 //! ties against the positive (a constant scorer ranks last); GQA trains on `train` and
 //! selects on `valid` (LXMERT-S trains on train+valid and selects on testdev, which would
-//! leave no held-out split here); VQA trains on `train` only. Two switches of the
+//! leave no held-out split here); VQA trains on `train` only. Three switches of the
 //! `[finetune]` table, off by default (the paper's protocol), make small models from a
 //! random init learn: `head_init_std` (σ of the new answer / NLVR2 heads instead of the
-//! model's 0.02) and `reset_poolers` (fine-tune from fresh poolers; a pre-training from a
-//! random init saturates LXMERT-S's two `tanh` poolers).
+//! model's 0.02), `reset_poolers` (fine-tune from fresh poolers; a pre-training from a
+//! random init saturates LXMERT-S's two `tanh` poolers) and `retrieval_head = "fresh"` (a
+//! new match head at `head_init_std` instead of a copy of an ITM head that stayed at
+//! chance).
 //!
 //! ```
 //! use msp_eval::{metrics::{rank, Recall}, soft_accuracy};
@@ -57,7 +59,7 @@ mod retrieval;
 mod suite;
 mod train;
 
-pub use config::{FinetuneConfig, TaskSchedule};
+pub use config::{FinetuneConfig, RetrievalHead, TaskSchedule};
 pub use data::{model_inputs, text_batch, DownstreamData, ImageRef, RegionInputs, TextBatch};
 pub use error::{EvalError, Result};
 pub use metrics::{soft_accuracy, Recall, ScoreMatrix};

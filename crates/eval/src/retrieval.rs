@@ -1,5 +1,5 @@
 //! Flickr30k-style image and text retrieval (LXMERT-S protocol): a 2-way match head on the
-//! pooled vector, initialised from the pre-trained ITM head; each training caption gives
+//! pooled vector, initialised from the pre-trained ITM head (or fresh, `retrieval_head`); each training caption gives
 //! four pairs (its image; a random other image; a caption of a hard-negative image with the
 //! original image; a random other caption with the original image), loss 2 × mean
 //! cross-entropy (LXMERT-S's BCE on the softmax × 2). Evaluation scores every caption with
@@ -17,7 +17,7 @@ use msp_text::Encoding;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::config::FinetuneConfig;
+use crate::config::{FinetuneConfig, RetrievalHead};
 use crate::data::{model_inputs, text_batch, DownstreamData, ImageRef};
 use crate::error::{EvalError, Result};
 use crate::metrics::{Recall, ScoreMatrix};
@@ -269,7 +269,24 @@ fn training_pairs<'a>(
     ]
 }
 
-/// Fine-tunes a match head (initialised from the ITM head) and evaluates the test set with
+/// The match head that retrieval fine-tunes (`seq_relationship_new`): a copy of the
+/// pre-trained ITM head, or a new one at `head_init_std` (`cfg.retrieval_head`).
+fn match_head(model: &Lxmert, cfg: &FinetuneConfig) -> Result<MatchHead> {
+    let head = MatchHead::load(
+        model.var_builder().pp("seq_relationship_new"),
+        &cfg.head_config(model.config()),
+    )?;
+    if cfg.retrieval_head == RetrievalHead::Itm {
+        copy_prefix(
+            model.varmap(),
+            "cls.seq_relationship",
+            "seq_relationship_new",
+        )?;
+    }
+    Ok(head)
+}
+
+/// Fine-tunes a match head (initialised from the ITM head or fresh) and evaluates the test set with
 /// it. No validation split (LXMERT-S's validation computes only a loss): the last epoch is
 /// kept.
 #[allow(clippy::too_many_arguments)]
@@ -283,15 +300,7 @@ pub fn finetune_retrieval(
     device: &Device,
     on_progress: OnProgress<'_>,
 ) -> Result<RetrievalResult> {
-    let head = MatchHead::load(
-        model.var_builder().pp("seq_relationship_new"),
-        model.config(),
-    )?;
-    copy_prefix(
-        model.varmap(),
-        "cls.seq_relationship",
-        "seq_relationship_new",
-    )?;
+    let head = match_head(model, cfg)?;
     let items: Vec<(usize, usize)> = retrieval
         .train
         .iter()
@@ -343,4 +352,46 @@ pub fn finetune_retrieval(
         on_progress,
     )?;
     Ok(RetrievalResult { scores, train })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use msp_model::{Config, Variant};
+
+    fn weight(model: &Lxmert, name: &str) -> Vec<f32> {
+        let data = model.varmap().data().lock().unwrap();
+        data[name]
+            .as_tensor()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap()
+    }
+
+    #[test]
+    fn match_head_copies_the_itm_head_or_starts_fresh() -> Result<()> {
+        let mut cfg = FinetuneConfig::paper();
+        cfg.head_init_std = Some(0.4);
+        let build = || Lxmert::new(&Config::tiny(), Variant::LxmertS, 0, &Device::Cpu);
+        let model = build()?;
+        match_head(&model, &cfg)?;
+        let itm = weight(&model, "cls.seq_relationship.weight");
+        assert_eq!(weight(&model, "seq_relationship_new.weight"), itm);
+
+        cfg.retrieval_head = RetrievalHead::Fresh;
+        let model = build()?;
+        match_head(&model, &cfg)?;
+        let fresh = weight(&model, "seq_relationship_new.weight");
+        assert_ne!(fresh, itm);
+        // 2 × 32 weights drawn from N(0, 0.4): the ITM head's are N(0, 0.02).
+        let std = (fresh.iter().map(|w| w * w).sum::<f32>() / fresh.len() as f32).sqrt();
+        assert!((0.25..0.6).contains(&std), "σ {std}");
+        assert_eq!(
+            weight(&model, "seq_relationship_new.bias"),
+            vec![0.0, 0.0],
+            "biases start at zero"
+        );
+        Ok(())
+    }
 }
