@@ -168,8 +168,7 @@ pub fn run_finetune(args: FinetuneArgs) -> anyhow::Result<()> {
         .unwrap_or_else(crate::synth::default_presets_dir);
     let cfg = FinetuneConfig::load(&presets_dir, &args.preset)?;
     let device = parse_device(&args.device)?;
-    // `reproduce` keeps its pre-training in `runs/NAME/pretrain`.
-    let nested = args.run.join("pretrain");
+    let nested = args.run.join(crate::reproduce::PRETRAIN_DIR);
     if !args.run.join(files::CONFIG).exists() && nested.join(files::CONFIG).exists() {
         anyhow::bail!(
             "{} is a reproduce run, not a pre-training run (no {}): pass --run {}",

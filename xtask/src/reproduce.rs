@@ -82,6 +82,9 @@ struct Variant {
     tasks_override: &'static [(char, &'static str)],
 }
 
+/// Where a reproduce run keeps its pre-training run (`runs/NAME/pretrain`).
+pub const PRETRAIN_DIR: &str = "pretrain";
+
 const ROWS: [Variant; 13] = [
     Variant {
         stages: "vanilla",
@@ -259,7 +262,7 @@ impl Context {
         let t0 = Instant::now();
         let (backbone, stage_pairs, label) = match schedule {
             Some(schedule) => {
-                let pre = root.join("pretrain");
+                let pre = root.join(PRETRAIN_DIR);
                 let (cfg, _) = pretrain_with_progress(
                     &self.preset_name,
                     preset,

@@ -1,9 +1,9 @@
 //! Flickr30k-style image and text retrieval (LXMERT-S protocol): a 2-way match head on the
-//! pooled vector, initialised from the pre-trained ITM head (or fresh, `retrieval_head`); each training caption gives
-//! four pairs (its image; a random other image; a caption of a hard-negative image with the
-//! original image; a random other caption with the original image), loss 2 × mean
-//! cross-entropy (LXMERT-S's BCE on the softmax × 2). Evaluation scores every caption with
-//! every test image by P(matched).
+//! pooled vector, initialised from the pre-trained ITM head (or fresh, `retrieval_head`);
+//! each training caption gives four pairs (its image; a random other image; a caption of a
+//! hard-negative image with the original image; a random other caption with the original
+//! image), loss 2 × mean cross-entropy (LXMERT-S's BCE on the softmax × 2). Evaluation
+//! scores every caption with every test image by P(matched).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -286,9 +286,9 @@ fn match_head(model: &Lxmert, cfg: &FinetuneConfig) -> Result<MatchHead> {
     Ok(head)
 }
 
-/// Fine-tunes a match head (initialised from the ITM head or fresh) and evaluates the test set with
-/// it. No validation split (LXMERT-S's validation computes only a loss): the last epoch is
-/// kept.
+/// Fine-tunes a match head (a copy of the ITM head, or fresh) and evaluates the test set
+/// with it. No validation split (LXMERT-S's validation computes only a loss): the last epoch
+/// is kept.
 #[allow(clippy::too_many_arguments)]
 pub fn finetune_retrieval(
     model: &Lxmert,
