@@ -18,29 +18,7 @@ enum BenchCommand {
     /// the GEMM peak; with a data set also the loader's throughput.
     Train(TrainArgs),
     /// `bench train --config paper` and bench/torch_lxmert.py alternately, then the ratio.
-    Compare {
-        /// `paper`: the paper's LXMERT-S sizes. A preset name (tiny, small, …): the same
-        /// workload (HF's pre-training heads, random batch) at that preset's model sizes, with
-        /// its world's vocabulary and label counts, tokens and regions, on both sides.
-        #[arg(long, default_value = "paper")]
-        config: String,
-        /// Python with torch and transformers (default: .venv-bench/bin/python, else
-        /// .venv-fixture/bin/python, else python3).
-        #[arg(long)]
-        python: Option<std::path::PathBuf>,
-        /// Rounds (each runs both once, Rust first).
-        #[arg(long, default_value_t = 2)]
-        rounds: usize,
-        /// Examples per batch.
-        #[arg(long, default_value_t = 32)]
-        batch: usize,
-        /// Timed steps per run.
-        #[arg(long, default_value_t = 5)]
-        steps: usize,
-        /// Print JSON.
-        #[arg(long)]
-        json: bool,
-    },
+    Compare(CompareArgs),
     /// f32 matrix-product speed through candle (the machine's GEMM peak for `bench train`).
     Gemm {
         /// Side of the square product.
@@ -58,18 +36,41 @@ enum BenchCommand {
     },
 }
 
+/// Options of `bench compare`.
+#[derive(Args)]
+pub struct CompareArgs {
+    /// `paper`: the paper's LXMERT-S sizes. A preset name (tiny, small, …): the same
+    /// workload (HF's pre-training heads, random batch) at that preset's model sizes, with
+    /// its world's vocabulary and label counts, tokens and regions, on both sides.
+    #[arg(long, default_value = "paper")]
+    config: String,
+    /// Python with torch and transformers (default: .venv-bench/bin/python, else
+    /// .venv-fixture/bin/python, else python3).
+    #[arg(long)]
+    python: Option<std::path::PathBuf>,
+    /// Rounds (each runs both once, Rust first).
+    #[arg(long, default_value_t = 2)]
+    rounds: usize,
+    /// Examples per batch.
+    #[arg(long, default_value_t = 32)]
+    batch: usize,
+    /// Timed steps per run.
+    #[arg(long, default_value_t = 5)]
+    steps: usize,
+    /// GEMM peak in GFLOP/s that the msp side reports against (default: measured by each
+    /// run; on a busy machine that measurement comes out low and inflates the fraction).
+    #[arg(long)]
+    gemm_peak: Option<f64>,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
 /// Runs a `bench` subcommand.
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     match args.command {
         BenchCommand::Train(a) => run_train(a)?,
-        BenchCommand::Compare {
-            config,
-            python,
-            rounds,
-            batch,
-            steps,
-            json,
-        } => run_compare(&config, python, rounds, batch, steps, json)?,
+        BenchCommand::Compare(a) => run_compare(a)?,
         BenchCommand::Gemm {
             square,
             rows,
@@ -383,14 +384,17 @@ fn median_sps(v: &serde_json::Value) -> anyhow::Result<f64> {
         .ok_or_else(|| anyhow::anyhow!("no samples_per_s.median in {v}"))
 }
 
-fn run_compare(
-    config: &str,
-    python: Option<std::path::PathBuf>,
-    rounds: usize,
-    batch: usize,
-    steps: usize,
-    json: bool,
-) -> anyhow::Result<()> {
+fn run_compare(a: CompareArgs) -> anyhow::Result<()> {
+    let CompareArgs {
+        config,
+        python,
+        rounds,
+        batch,
+        steps,
+        gemm_peak,
+        json,
+    } = a;
+    let config = config.as_str();
     let python = python.unwrap_or_else(|| {
         [".venv-bench/bin/python", ".venv-fixture/bin/python"]
             .iter()
@@ -404,6 +408,11 @@ fn run_compare(
     // Both sides get the same sizes: the paper's by default, else the preset's, through a
     // config.json that lives as long as this command.
     let mut sizes: Vec<std::ffi::OsString> = Vec::new();
+    let peak = gemm_peak.map(|p| p.to_string());
+    let peak_args: Vec<&str> = match &peak {
+        Some(p) => vec!["--gemm-peak", p],
+        None => Vec::new(),
+    };
     let _model_config = if config == "paper" {
         None
     } else {
@@ -434,6 +443,7 @@ fn run_compare(
                 .args([
                     "bench", "train", "--config", "paper", "--batch", &b, "--steps", &st, "--json",
                 ])
+                .args(&peak_args)
                 .args(&sizes),
         )?;
         eprintln!("round {}: PyTorch…", round + 1);

@@ -180,3 +180,61 @@ fn model_config_with_a_preset_is_an_error_not_ignored() {
         "{err}"
     );
 }
+
+#[test]
+fn compare_runs_both_sides_with_the_same_sizes() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    // A stand-in for PyTorch's side: records its arguments, reports 2 samples/s.
+    let fake = dir.path().join("fake-python");
+    let seen = dir.path().join("torch-args.txt");
+    std::fs::write(
+        &fake,
+        format!(
+            "#!/bin/sh\necho \"$@\" > '{}'\necho '{{\"samples_per_s\": {{\"median\": 2.0}}}}'\n",
+            seen.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let cmp = bench_json(
+        &[
+            "compare",
+            "--config",
+            "smoke",
+            "--python",
+            fake.to_str().unwrap(),
+            "--rounds",
+            "1",
+            "--batch",
+            "2",
+            "--steps",
+            "1",
+            "--gemm-peak",
+            "100",
+        ],
+        dir.path(),
+    );
+    let ours = &cmp["rounds"][0]["msp"];
+    // The GEMM peak given to compare is the one the msp side reports against.
+    assert_eq!(ours["gemm_peak_gflops"].as_f64(), Some(100.0));
+    let sps = positive(ours, "/runs/0/samples_per_s/median");
+    let ratio = positive(&cmp, "/median_ratio");
+    assert!(
+        (ratio - sps / 2.0).abs() < 1e-9 * ratio,
+        "{ratio} vs {sps} / 2"
+    );
+    // PyTorch's side got the batch, the steps and the preset's sizes that msp ran with.
+    let args = std::fs::read_to_string(&seen).unwrap();
+    let words: Vec<&str> = args.split_whitespace().collect();
+    let after = |flag: &str| {
+        let i = words.iter().position(|w| *w == flag);
+        i.and_then(|i| words.get(i + 1).copied())
+            .unwrap_or_else(|| panic!("{flag} missing in {args}"))
+    };
+    assert_eq!(after("--batch"), "2");
+    assert_eq!(after("--steps"), "1");
+    assert_eq!(after("--text-len"), ours["text_len"].to_string());
+    assert_eq!(after("--regions"), ours["regions"].to_string());
+    assert!(after("--model-config").ends_with(".json"), "{args}");
+}
