@@ -408,11 +408,10 @@ fn run_compare(a: CompareArgs) -> anyhow::Result<()> {
     // Both sides get the same sizes: the paper's by default, else the preset's, through a
     // config.json that lives as long as this command.
     let mut sizes: Vec<std::ffi::OsString> = Vec::new();
-    let peak = gemm_peak.map(|p| p.to_string());
-    let peak_args: Vec<&str> = match &peak {
-        Some(p) => vec!["--gemm-peak", p],
-        None => Vec::new(),
-    };
+    // The msp side only: PyTorch's script reports no fraction of peak.
+    let peak_args: Vec<String> = gemm_peak
+        .map(|p| vec!["--gemm-peak".into(), p.to_string()])
+        .unwrap_or_default();
     let _model_config = if config == "paper" {
         None
     } else {

@@ -249,17 +249,12 @@ retrieval = { epochs = 8 }
         assert_eq!(c.vqa.max_train, Some(100));
         assert_eq!(c.nlvr2.lr, Some(1e-4));
         assert_eq!(c.retrieval_head, RetrievalHead::Itm);
-        let fresh = FinetuneConfig::from_toml_str(
-            &text.replace("optimizer =", "retrieval_head = \"fresh\"\noptimizer ="),
-            Path::new("p.toml"),
-        )?;
-        assert_eq!(fresh.retrieval_head, RetrievalHead::Fresh);
-        let e = FinetuneConfig::from_toml_str(
-            &text.replace("optimizer =", "retrieval_head = \"new\"\noptimizer ="),
-            Path::new("p.toml"),
-        )
-        .unwrap_err()
-        .to_string();
+        let with_head = |value: &str| {
+            let line = format!("retrieval_head = \"{value}\"\noptimizer =");
+            FinetuneConfig::from_toml_str(&text.replace("optimizer =", &line), Path::new("p.toml"))
+        };
+        assert_eq!(with_head("fresh")?.retrieval_head, RetrievalHead::Fresh);
+        let e = with_head("new").unwrap_err().to_string();
         assert!(e.contains("p.toml") && e.contains("fresh"), "{e}");
         let e = FinetuneConfig::from_toml_str(
             &text.replace("gqa = { epochs = 5 }", "gqa = { epochs = 5, epoch = 1 }"),
