@@ -101,13 +101,6 @@ impl LxmertAttention {
         })
     }
 
-    fn split(&self, x: &Tensor) -> Result<Tensor> {
-        let (b, l, _) = x.dims3()?;
-        x.reshape((b, l, self.heads, self.head_dim))?
-            .transpose(1, 2)?
-            .contiguous()
-    }
-
     /// `hidden [B,Lq,H]`, `context [B,Lk,H]`, `mask` additive `[B,1,1,Lk]` → `[B,Lq,H]`.
     pub fn forward_t(
         &self,
@@ -116,14 +109,18 @@ impl LxmertAttention {
         mask: Option<&Tensor>,
         train: bool,
     ) -> Result<Tensor> {
-        let (b, lq, h) = hidden.dims3()?;
-        let q = self.split(&self.query.forward(hidden)?)?;
-        let k = self.split(&self.key.forward(context)?)?;
-        let v = self.split(&self.value.forward(context)?)?;
+        let (b, lq, _) = hidden.dims3()?;
+        let lk = context.dim(1)?;
+        let q = self.query.forward(hidden)?;
+        let k = self.key.forward(context)?;
+        let v = self.value.forward(context)?;
         let scale = 1.0 / (self.head_dim as f64).sqrt();
-        let probs = crate::ops::attention_softmax(&q.matmul(&k.t()?)?, mask, scale)?;
-        let probs = self.dropout.forward_t(&probs, train)?;
-        probs.matmul(&v)?.transpose(1, 2)?.reshape((b, lq, h))
+        let keep = self.dropout.keep_flags(b * self.heads * lq * lk, train)?;
+        let dropout = keep.as_deref().map(|keep| crate::ops::AttentionDropout {
+            keep,
+            scale: self.dropout.keep_scale(),
+        });
+        crate::ops::multi_head_attention(&q, &k, &v, self.heads, mask, scale, dropout)
     }
 }
 
@@ -152,8 +149,15 @@ impl DenseResidualNorm {
 
     /// `LN(dropout(dense(x)) + residual)`.
     pub fn forward_t(&self, x: &Tensor, residual: &Tensor, train: bool) -> Result<Tensor> {
-        let y = self.dropout.forward_t(&self.dense.forward(x)?, train)?;
-        self.layer_norm.forward(&y.add(residual)?)
+        let y = self.dense.forward(x)?;
+        let keep = self.dropout.keep_flags(y.elem_count(), train)?;
+        let scale = self.dropout.keep_scale();
+        self.layer_norm.forward(&crate::ops::dropout_add(
+            &y,
+            residual,
+            keep.as_deref(),
+            scale,
+        )?)
     }
 }
 

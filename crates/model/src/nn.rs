@@ -167,20 +167,31 @@ impl Dropout {
 
     /// Applies dropout when `train`, identity otherwise.
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        if !train || self.p <= 0.0 {
-            return Ok(x.clone());
+        match self.keep_flags(x.elem_count(), train)? {
+            Some(keep) => crate::ops::dropout_masked(x, &keep, self.keep_scale()),
+            None => Ok(x.clone()),
         }
-        let n = x.elem_count();
+    }
+
+    /// `n` keep flags drawn from the shared generator (each kept with probability `1 − p`),
+    /// or `None` when dropout is off (`!train` or `p = 0`): the mask [`Self::forward_t`]
+    /// applies, for a fused op that applies it itself.
+    pub fn keep_flags(&self, n: usize, train: bool) -> Result<Option<Vec<bool>>> {
+        if !train || self.p <= 0.0 {
+            return Ok(None);
+        }
         let p = self.p as f32;
-        let keep: Vec<bool> = {
-            let mut rng = self
-                .rng
-                .0
-                .lock()
-                .map_err(|_| candle_core::Error::Msg("dropout RNG poisoned".into()))?;
-            (0..n).map(|_| rng.random::<f32>() >= p).collect()
-        };
-        crate::ops::dropout_masked(x, &keep, 1.0 / (1.0 - p))
+        let mut rng = self
+            .rng
+            .0
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("dropout RNG poisoned".into()))?;
+        Ok(Some((0..n).map(|_| rng.random::<f32>() >= p).collect()))
+    }
+
+    /// The factor for kept elements, `1 / (1 − p)`.
+    pub fn keep_scale(&self) -> f32 {
+        1.0 / (1.0 - self.p as f32)
     }
 }
 

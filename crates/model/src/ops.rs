@@ -1,6 +1,8 @@
-//! Fused CPU kernels *with a backward* for the element-wise and row-wise parts of a training
-//! step: LayerNorm, exact (erf) GELU, the attention softmax (scale, additive mask, softmax in
-//! one pass), softmax cross-entropy and dropout.
+//! Fused CPU kernels *with a backward* for a training step: linear layers and matrix products
+//! (split over rayon's threads), the multi-head attention core (heads read and written in the
+//! `[B, L, H]` layout, probabilities recomputed in the backward), LayerNorm, exact (erf) GELU,
+//! the attention softmax (scale, additive mask, softmax in one pass), softmax cross-entropy,
+//! dropout, and dropout plus residual add.
 //!
 //! candle builds these from 6–15 primitive ops each, and its backward adds a zero-filled
 //! gradient buffer and an addition per op, so on the CPU a training step spent more time in
@@ -20,6 +22,9 @@ use candle_core::{
 };
 use rayon::prelude::*;
 use std::sync::atomic::{AtomicBool, Ordering};
+
+mod attention;
+pub use attention::{multi_head_attention, multi_head_attention_composite, AttentionDropout};
 
 /// Rows smaller than this many elements are processed several to a rayon task.
 const MIN_TASK_ELEMS: usize = 16 * 1024;
@@ -163,6 +168,15 @@ impl Operand {
         Ok((op, data))
     }
 
+    /// The transposed operand (strides swapped).
+    fn t(self) -> Self {
+        Self {
+            rs: self.cs,
+            cs: self.rs,
+            ..self
+        }
+    }
+
     /// The operand shifted by `rows` rows and `cols` columns.
     fn offset(self, rows: usize, cols: usize) -> Self {
         // SAFETY: callers stay inside the operand's shape (checked by `of`).
@@ -196,29 +210,7 @@ fn par_gemm(
         let (a, b) = (lhs.offset(r0, 0), rhs.offset(0, c0));
         // SAFETY: the block [r0, r0 + rows) × [c0, c0 + cols) lies inside dst (row stride n),
         // blocks of different threads are disjoint, and lhs/rhs cover m × k and k × n.
-        unsafe {
-            gemm::gemm(
-                rows,
-                cols,
-                k,
-                out.at(r0 * n + c0),
-                1,
-                n as isize,
-                read_dst,
-                a.ptr,
-                a.cs,
-                a.rs,
-                b.ptr,
-                b.cs,
-                b.rs,
-                1.0,
-                1.0,
-                false,
-                false,
-                false,
-                gemm::Parallelism::None,
-            )
-        }
+        unsafe { gemm_into(out.at(r0 * n + c0), n, (rows, cols, k), read_dst, a, b) }
     };
     let threads = rayon::current_num_threads().max(1);
     if threads == 1 || m * n * k < (1 << 18) {
@@ -254,6 +246,44 @@ impl SharedMut {
     /// `i` must be inside the destination.
     unsafe fn at(&self, i: usize) -> *mut f32 {
         unsafe { self.0.add(i) }
+    }
+}
+
+/// `dst [m, n] (row stride dst_rs) = read_dst·dst + lhs [m, k] · rhs [k, n]`, on this thread.
+///
+/// # Safety
+/// `dst` must hold the `m × n` block at row stride `dst_rs`, and `lhs` / `rhs` must cover
+/// `m × k` / `k × n`.
+unsafe fn gemm_into(
+    dst: *mut f32,
+    dst_rs: usize,
+    (m, n, k): (usize, usize, usize),
+    read_dst: bool,
+    lhs: Operand,
+    rhs: Operand,
+) {
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst,
+            1,
+            dst_rs as isize,
+            read_dst,
+            lhs.ptr,
+            lhs.cs,
+            lhs.rs,
+            rhs.ptr,
+            rhs.cs,
+            rhs.rs,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        )
     }
 }
 
@@ -335,12 +365,7 @@ impl CustomOp3 for LinearOp {
                 .for_each(|r| r.copy_from_slice(b));
         }
         // rhs [k, n] = Wᵀ: element (i, o) is W[o, i].
-        let wt = Operand {
-            ptr: w.ptr,
-            rs: w.cs,
-            cs: w.rs,
-        };
-        par_gemm(&mut dst, (m, n, k), true, x, wt);
+        par_gemm(&mut dst, (m, n, k), true, x, w.t());
         Ok((CpuStorage::F32(dst), Shape::from((m, n))))
     }
 
@@ -688,10 +713,7 @@ pub fn dropout_masked(x: &Tensor, keep: &[bool], scale: f32) -> Result<Tensor> {
         )
     }
     if fused(x) {
-        let mut bits = vec![0u64; keep.len().div_ceil(64)];
-        for (i, _) in keep.iter().enumerate().filter(|(_, &k)| k) {
-            bits[i / 64] |= 1 << (i % 64);
-        }
+        let bits = pack_bits(keep);
         x.contiguous()?.apply_op1(DropoutOp { bits, scale })
     } else {
         let mask: Vec<f32> = keep.iter().map(|&k| if k { scale } else { 0.0 }).collect();
@@ -700,6 +722,15 @@ pub fn dropout_masked(x: &Tensor, keep: &[bool], scale: f32) -> Result<Tensor> {
             .to_dtype(x.dtype())?;
         x.mul(&mask)
     }
+}
+
+/// `keep` as bits, 64 flags to a word (flag i is bit i % 64 of word i / 64).
+fn pack_bits(keep: &[bool]) -> Vec<u64> {
+    let mut bits = vec![0u64; keep.len().div_ceil(64)];
+    for (i, _) in keep.iter().enumerate().filter(|(_, &k)| k) {
+        bits[i / 64] |= 1 << (i % 64);
+    }
+    bits
 }
 
 /// Multiplies by `scale` where the bit is set, 0 elsewhere (forward and backward alike).
@@ -732,6 +763,113 @@ impl CustomOp1 for DropoutOp {
 
     fn bwd(&self, _x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
         Ok(Some(grad.contiguous()?.apply_op1_no_bwd(self)?))
+    }
+}
+
+/// `dropout(y) + residual` in one pass, the residual branch of a transformer block: `keep`
+/// and `scale` as in [`dropout_masked`], `None` for no dropout. Fused on the CPU in f32 (the
+/// backward passes the gradient to `residual` as it is and through the mask to `y`); the
+/// composite of [`dropout_masked`] and candle's `add` elsewhere.
+pub fn dropout_add(
+    y: &Tensor,
+    residual: &Tensor,
+    keep: Option<&[bool]>,
+    scale: f32,
+) -> Result<Tensor> {
+    if y.dims() != residual.dims() {
+        bail!(
+            "dropout-add: y {:?} and residual {:?} differ",
+            y.dims(),
+            residual.dims()
+        )
+    }
+    if fused(y) && fused(residual) {
+        if let Some(keep) = keep {
+            if keep.len() != y.elem_count() {
+                bail!(
+                    "dropout-add: {} mask flags for {} elements",
+                    keep.len(),
+                    y.elem_count()
+                )
+            }
+        }
+        let dropout = keep.map(|keep| DropoutOp {
+            bits: pack_bits(keep),
+            scale,
+        });
+        y.contiguous()?
+            .apply_op2(&residual.contiguous()?, DropoutAddOp { dropout })
+    } else {
+        dropout_add_composite(y, residual, keep, scale)
+    }
+}
+
+/// [`dropout_add`] from [`dropout_masked`] and candle's `add`: the reference and the fallback.
+pub fn dropout_add_composite(
+    y: &Tensor,
+    residual: &Tensor,
+    keep: Option<&[bool]>,
+    scale: f32,
+) -> Result<Tensor> {
+    match keep {
+        Some(keep) => dropout_masked(y, keep, scale)?.add(residual),
+        None => y.add(residual),
+    }
+}
+
+/// `dropout(y) + residual`; no dropout when `dropout` is `None`.
+struct DropoutAddOp {
+    dropout: Option<DropoutOp>,
+}
+
+impl CustomOp2 for DropoutAddOp {
+    fn name(&self) -> &'static str {
+        "msp-dropout-add"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (y, r) = (slice(s1, l1, self.name())?, slice(s2, l2, self.name())?);
+        let mut out = r.to_vec();
+        // ELEMWISE_TASK is a multiple of 64, so each task starts on a word of the mask.
+        out.par_chunks_mut(ELEMWISE_TASK)
+            .zip(y.par_chunks(ELEMWISE_TASK))
+            .enumerate()
+            .for_each(|(c, (o, y))| match &self.dropout {
+                Some(d) => {
+                    let bits = &d.bits[c * ELEMWISE_TASK / 64..];
+                    for (i, (o, &v)) in o.iter_mut().zip(y).enumerate() {
+                        if bits[i / 64] >> (i % 64) & 1 == 1 {
+                            *o += v * d.scale;
+                        }
+                    }
+                }
+                None => {
+                    for (o, &v) in o.iter_mut().zip(y) {
+                        *o += v;
+                    }
+                }
+            });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        _y: &Tensor,
+        _residual: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let dy = match &self.dropout {
+            Some(d) => grad.contiguous()?.apply_op1_no_bwd(d)?,
+            None => grad.clone(),
+        };
+        Ok((Some(dy), Some(grad.clone())))
     }
 }
 
@@ -1232,5 +1370,88 @@ mod tests {
         let v: Vec<Vec<f32>> = matmul(&l, &r).unwrap().to_vec2().unwrap();
         assert_eq!(v, vec![vec![17.0], vec![39.0]]);
         assert!(matmul(&l, &l.t().unwrap().narrow(0, 0, 1).unwrap()).is_err());
+    }
+
+    #[test]
+    fn attention_matches_composite_with_gradients() {
+        // Cross (Lq ≠ Lk) and self attention, with and without mask and dropout; one size
+        // small, one with enough heads × examples to spread over the threads.
+        for (batch, lq, lk, hidden, heads) in [(2, 3, 5, 8, 2), (3, 7, 7, 24, 4), (4, 6, 9, 64, 4)]
+        {
+            let q = randn(&[batch, lq, hidden], 12, 1.5);
+            let k = randn(&[batch, lk, hidden], 13, 1.5);
+            let v = randn(&[batch, lk, hidden], 14, 1.0);
+            let mask: Vec<f32> = (0..batch * lk)
+                .map(|i| if i % 4 == 3 { -10000.0 } else { 0.0 })
+                .collect();
+            let mask = Tensor::from_vec(mask, (batch, 1, 1, lk), &Device::Cpu).unwrap();
+            let keep: Vec<bool> = (0..batch * heads * lq * lk).map(|i| i % 5 != 2).collect();
+            let drop = AttentionDropout {
+                keep: &keep,
+                scale: 1.25,
+            };
+            for (m, d) in [(Some(&mask), Some(drop)), (None, None)] {
+                check(
+                    &[q.clone(), k.clone(), v.clone()],
+                    |t| multi_head_attention(&t[0], &t[1], &t[2], heads, m, 0.3, d),
+                    |t| multi_head_attention_composite(&t[0], &t[1], &t[2], heads, m, 0.3, d),
+                    2e-5,
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn attention_hand_value() {
+        // One head, one query, two keys: scores (1·1, 1·0)·ln 3 → probabilities (3/4, 1/4);
+        // values 4 and 8 give 5. A masked second key leaves the first: 4.
+        let t =
+            |v: &[f32], l: usize| Tensor::from_vec(v.to_vec(), (1, l, 1), &Device::Cpu).unwrap();
+        let (q, k, v) = (t(&[1.0], 1), t(&[1.0, 0.0], 2), t(&[4.0, 8.0], 2));
+        let out = |mask: Option<&Tensor>| -> f32 {
+            multi_head_attention(&q, &k, &v, 1, mask, 3f64.ln(), None)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()[0]
+        };
+        assert!((out(None) - 5.0).abs() < 1e-5, "{}", out(None));
+        let mask = Tensor::new(&[0f32, -10000.0], &Device::Cpu)
+            .unwrap()
+            .reshape((1, 1, 1, 2))
+            .unwrap();
+        assert!((out(Some(&mask)) - 4.0).abs() < 1e-5);
+        let k3 = t(&[1.0, 0.0, 2.0], 3);
+        assert!(multi_head_attention(&q, &k3, &v, 1, None, 1.0, None).is_err());
+        // Two heads do not divide a hidden size of 1.
+        assert!(multi_head_attention(&q, &k, &v, 2, None, 1.0, None).is_err());
+    }
+
+    #[test]
+    fn dropout_add_matches_composite_with_gradients() {
+        // More than one task of ELEMWISE_TASK elements, so the mask words are offset per task.
+        let y = randn(&[3, 50, 130], 15, 1.0);
+        let r = randn(&[3, 50, 130], 16, 1.0);
+        let keep: Vec<bool> = (0..y.elem_count()).map(|i| (i * 7) % 10 < 9).collect();
+        for k in [Some(keep.as_slice()), None] {
+            check(
+                &[y.clone(), r.clone()],
+                |t| dropout_add(&t[0], &t[1], k, 1.0 / 0.9),
+                |t| dropout_add_composite(&t[0], &t[1], k, 1.0 / 0.9),
+                1e-6,
+            );
+        }
+        // Hand value: (2, 3) with the second dropped, scale 2, plus (1, 1) → (5, 1).
+        let t = |v: [f32; 2]| Tensor::new(&v, &Device::Cpu).unwrap();
+        let out = dropout_add(&t([2.0, 3.0]), &t([1.0, 1.0]), Some(&[true, false]), 2.0).unwrap();
+        assert_eq!(out.to_vec1::<f32>().unwrap(), vec![5.0, 1.0]);
+        assert!(dropout_add(
+            &t([2.0, 3.0]),
+            &t([1.0, 1.0]).reshape((2, 1)).unwrap(),
+            None,
+            1.0
+        )
+        .is_err());
     }
 }
