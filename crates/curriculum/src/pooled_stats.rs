@@ -4,7 +4,7 @@
 //! LXMERT-S the product of two). If the poolers saturate on a constant input, the vector is
 //! ±1 for every example and the `tanh` passes almost no gradient: the heads on it can no
 //! longer learn. LXMERT-S's visual heads are gated by this vector, and from a random init
-//! (the text [CLS] output barely depends on the input) Adam drives the poolers into that
+//! (the text \[CLS\] output barely depends on the input) Adam drives the poolers into that
 //! state within a few dozen updates. These two numbers, logged as `pooled.abs_mean` and
 //! `pooled.batch_std` in `metrics.jsonl`, show it: a healthy vector has a batch spread well
 //! above 0; a saturated one has `abs_mean` → 1 and spread → 0.

@@ -60,7 +60,7 @@ pub struct FinetuneConfig {
     pub batch_size: usize,
     /// Batch size of evaluation forward passes (pairs).
     pub eval_batch_size: usize,
-    /// Word pieces per text including [CLS] and [SEP].
+    /// Word pieces per text including \[CLS\] and \[SEP\].
     pub max_len: usize,
     /// Clip the gradients' global norm (None: no clipping).
     #[serde(default)]

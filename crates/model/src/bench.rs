@@ -288,7 +288,7 @@ pub fn bench_gemm(square: usize, rows: usize, reps: usize, dev: &Device) -> Resu
 
 /// Analytic matrix-product FLOPs (2 × multiply-adds) of one example's forward pass through
 /// the backbone and the pre-training heads of [`pretraining_loss`]: `text_len` tokens,
-/// `regions` regions (plus the visual [CLS] of [`Variant::LxmertS`]), the MLM decoder at
+/// `regions` regions (plus the visual \[CLS\] of [`Variant::LxmertS`]), the MLM decoder at
 /// `masked` positions. Element-wise work is not counted. A training step costs ≈ 3× this
 /// (backward: one product for the input gradient, one for the weight gradient).
 pub fn forward_flops(

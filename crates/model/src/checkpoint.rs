@@ -116,7 +116,7 @@ pub struct LoadOptions {
     pub deny_unexpected: bool,
     /// Fail on a shape mismatch or an unusable dtype (integer ↔ floating point).
     pub deny_shape_mismatch: bool,
-    /// Row of `bert.word_embeddings` (LXMERT-S) taken as the visual [CLS] (the [CLS] id).
+    /// Row of `bert.word_embeddings` (LXMERT-S) taken as the visual \[CLS\] (the \[CLS\] id).
     pub cls_token_id: usize,
 }
 
@@ -146,7 +146,7 @@ impl LoadOptions {
             ..Self::strict()
         }
     }
-    /// Sets the visual [CLS] row.
+    /// Sets the visual \[CLS\] row.
     pub fn with_cls_token_id(mut self, id: usize) -> Self {
         self.cls_token_id = id;
         self
@@ -155,7 +155,7 @@ impl LoadOptions {
 
 /// Maps a checkpoint key to this crate's name. LXMERT / LXMERT-S keys (`bert.`,
 /// `module.bert.`, `lxrt_encoder.model.bert.`) become `lxmert.`; `bert.word_embeddings`
-/// (LXMERT-S's visual [CLS] table) becomes `lxmert.visual_cls.weight` (one row taken);
+/// (LXMERT-S's visual \[CLS\] table) becomes `lxmert.visual_cls.weight` (one row taken);
 /// BERT's `gamma`/`beta` become `weight`/`bias`.
 pub fn map_key(key: &str) -> String {
     let mut k = key;

@@ -59,7 +59,7 @@ pub struct Config {
     pub visual_attr_loss: bool,
     /// Build the `feat` (regression) decoder of the visual head.
     pub visual_feat_loss: bool,
-    /// Row of LXMERT-S's `bert.word_embeddings` table used as the visual [CLS] (the [CLS] id).
+    /// Row of LXMERT-S's `bert.word_embeddings` table used as the visual \[CLS\] (the \[CLS\] id).
     pub cls_token_id: usize,
     /// Freeze row 0 of the word/position/token-type tables (PyTorch `padding_idx=0`, as LXMERT
     /// and HF do): row 0 is used in the forward but receives no gradient.
@@ -238,7 +238,7 @@ impl Config {
 /// Which model is built: HF's LXMERT, or LXMERT-S as released by its authors.
 ///
 /// LXMERT-S switches on, together (reference §2.2): word-level position ids (fed by the caller
-/// as `position_ids`; the model itself only reads them), a learned visual [CLS] feature with
+/// as `position_ids`; the model itself only reads them), a learned visual \[CLS\] feature with
 /// box (0,0,1,1) prepended to the regions, the product of two tanh poolers, visual heads gated
 /// by the pooled vector, and the topic head.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -256,7 +256,7 @@ impl Variant {
     pub fn word_positions(self) -> bool {
         self == Variant::LxmertS
     }
-    /// A learned visual [CLS] region is prepended (vision stream n+1 long).
+    /// A learned visual \[CLS\] region is prepended (vision stream n+1 long).
     pub fn visual_cls(self) -> bool {
         self == Variant::LxmertS
     }

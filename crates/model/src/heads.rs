@@ -130,7 +130,7 @@ impl VisualObjHead {
         })
     }
 
-    /// `regions [B, N, H]` (regions only: no visual [CLS]); `gate [B, H]` for LXMERT-S.
+    /// `regions [B, N, H]` (regions only: no visual \[CLS\]); `gate [B, H]` for LXMERT-S.
     pub fn forward(&self, regions: &Tensor, gate: Option<&Tensor>) -> Result<VisualPredictions> {
         let mut t = self.transform.forward(regions)?;
         if let Some(g) = gate {
@@ -320,7 +320,7 @@ impl LxmertForPreTraining {
         self.lxmert.forward_t(inputs, train)
     }
 
-    /// The region part of the vision output (drops the visual [CLS] for LXMERT-S).
+    /// The region part of the vision output (drops the visual \[CLS\] for LXMERT-S).
     pub fn regions(&self, out: &LxmertOutput) -> Result<Tensor> {
         if self.variant.visual_cls() {
             let n = out.vision_output.dim(1)?;

@@ -5,21 +5,23 @@
 //! heads (MLM, ITM, visual object/attribute/feature, topic, QA) and fine-tuning heads (answer,
 //! NLVR2, retrieval match), with HF parameter names, safetensors checkpoints and the paper's
 //! parameter count. [`Variant::LxmertS`] switches on what the released LXMERT-S code adds:
-//! word-level position ids (fed as `position_ids`), a learned visual [CLS] region with box
+//! word-level position ids (fed as `position_ids`), a learned visual \[CLS\] region with box
 //! (0,0,1,1), the product of a text and a visual tanh pooler, visual heads gated by that
 //! pooled vector, and the topic head. [`Variant::Lxmert`] is HF's `LxmertForPreTraining`.
 //!
 //! Key design choice: every op has a backward. candle's fused LayerNorm and
-//! `softmax_last_dim` silently drop gradients, so LayerNorm, softmax, GELU, dropout and the
-//! losses here are built from primitive ops, and a test checks that one training step gives
-//! every variable a finite, non-zero gradient. Random numbers (init, dropout) come from our own
+//! `softmax_last_dim` silently drop gradients, so linear layers, the attention core,
+//! LayerNorm, GELU, dropout (with the residual add) and the losses are our own fused CPU
+//! kernels with hand-written backward passes ([`ops`], each tested against a composite of
+//! candle's primitive ops, which is also the path on other devices), and a test checks that
+//! one training step gives every variable a finite, non-zero gradient. Random numbers (init, dropout) come from our own
 //! seeded RNG, so runs are reproducible on CPU. Modules follow candle-transformers' `bert.rs`
 //! (one struct per HF submodule, `load(vb, cfg)` with `vb.pp(<HF name>)`), so variable names
 //! equal checkpoint keys by construction, and take `train: bool` in `forward_t`.
 //!
-//! Choices where the references are silent: the visual [CLS] is stored as one vector
+//! Choices where the references are silent: the visual \[CLS\] is stored as one vector
 //! `lxmert.visual_cls.weight [visual_feat_dim]` (LXMERT-S keeps a whole `[vocab, 2048]` table
-//! `bert.word_embeddings` of which only the [CLS] row is used; the loader takes that row);
+//! `bert.word_embeddings` of which only the \[CLS\] row is used; the loader takes that row);
 //! the second pooler is `lxmert.pooler_f`; the additive mask value is −10000 (LXMERT; HF's
 //! dtype minimum gives the same f32 probabilities); row 0 of each embedding table gets no
 //! gradient (`padding_idx=0`, as LXMERT and HF), switchable with
@@ -40,7 +42,7 @@
 //! let boxes = Tensor::zeros((1, 5, 4), candle_core::DType::F32, &dev)?;
 //! let out = model.model().forward_t(&LxmertInputs::new(&ids, &feats, &boxes), false)?;
 //! assert_eq!(out.language_output.dims(), &[1, 4, cfg.hidden_size]);
-//! assert_eq!(out.vision_output.dims(), &[1, 6, cfg.hidden_size]); // visual [CLS] + 5 regions
+//! assert_eq!(out.vision_output.dims(), &[1, 6, cfg.hidden_size]); // visual \[CLS\] + 5 regions
 //! assert_eq!(out.pooled_output.dims(), &[1, cfg.hidden_size]);
 //! # Ok(()) }
 //! ```

@@ -344,7 +344,7 @@ pub struct LxmertEncoder {
 
 /// Reorders embedded regions along dim 1: `out[b, k + i] = embedded[b, k + perm[b, i]]`, where
 /// `embedded` is `[B, M, H]`, `perm` is `[B, N]` with `N ≤ M`, and the `k = M − N` leading
-/// positions (LXMERT-S's visual [CLS]) stay in place. This is how IFRS shuffles regions after
+/// positions (LXMERT-S's visual \[CLS\]) stay in place. This is how IFRS shuffles regions after
 /// the visual feature encoder; it is a gather, so gradients flow back to the original positions.
 pub fn permute_regions(embedded: &Tensor, perm: &Tensor) -> Result<Tensor> {
     let (b, m, h) = embedded.dims3()?;
@@ -470,7 +470,7 @@ pub struct LxmertInputs<'a> {
     /// Normalised boxes `[B, N, visual_pos_dim]`.
     pub visual_pos: &'a Tensor,
     /// 1 for real regions, 0 for padded ones `[B, N]` (no mask when absent). With LXMERT-S a
-    /// 1 is prepended for the visual [CLS].
+    /// 1 is prepended for the visual \[CLS\].
     pub visual_attention_mask: Option<&'a Tensor>,
     /// IFRS region shuffle `[B, N]` (integer ids): after the visual feature encoder, region
     /// position `i` receives the embedded region `perm[b, i]` (see [`permute_regions`]). The
@@ -499,7 +499,7 @@ impl<'a> LxmertInputs<'a> {
 pub struct LxmertOutput {
     /// `[B, L, H]`.
     pub language_output: Tensor,
-    /// `[B, N, H]`, or `[B, N+1, H]` with the visual [CLS] first (LXMERT-S).
+    /// `[B, N, H]`, or `[B, N+1, H]` with the visual \[CLS\] first (LXMERT-S).
     pub vision_output: Tensor,
     /// `[B, H]`: tanh pooler, or the product of the two poolers (LXMERT-S).
     pub pooled_output: Tensor,
@@ -539,7 +539,7 @@ fn additive_mask(mask: &Tensor, dtype: DType) -> Result<Tensor> {
 
 impl LxmertModel {
     /// Builds under `vb` (= `lxmert`): `embeddings`, `encoder`, `pooler`, and for LXMERT-S
-    /// `pooler_f` and `visual_cls.weight` (the visual [CLS] feature, `[visual_feat_dim]`).
+    /// `pooler_f` and `visual_cls.weight` (the visual \[CLS\] feature, `[visual_feat_dim]`).
     pub fn load(
         vb: VarBuilder<'_>,
         cfg: &Config,
