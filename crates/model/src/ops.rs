@@ -168,6 +168,15 @@ impl Operand {
         Ok((op, data))
     }
 
+    /// A contiguous row-major matrix with `cols` columns at `ptr`.
+    fn row_major(ptr: *const f32, cols: usize) -> Self {
+        Self {
+            ptr,
+            rs: cols as isize,
+            cs: 1,
+        }
+    }
+
     /// The transposed operand (strides swapped).
     fn t(self) -> Self {
         Self {
@@ -705,13 +714,7 @@ impl CustomOp2 for GeluGradOp {
 /// mask as bits, where the composite `x · mask` keeps a whole f32 mask tensor alive until the
 /// backward (PyTorch keeps a byte per element); its backward applies the same mask.
 pub fn dropout_masked(x: &Tensor, keep: &[bool], scale: f32) -> Result<Tensor> {
-    if keep.len() != x.elem_count() {
-        bail!(
-            "dropout: {} mask flags for {} elements",
-            keep.len(),
-            x.elem_count()
-        )
-    }
+    check_keep("dropout", keep.len(), x.elem_count())?;
     if fused(x) {
         let bits = pack_bits(keep);
         x.contiguous()?.apply_op1(DropoutOp { bits, scale })
@@ -722,6 +725,20 @@ pub fn dropout_masked(x: &Tensor, keep: &[bool], scale: f32) -> Result<Tensor> {
             .to_dtype(x.dtype())?;
         x.mul(&mask)
     }
+}
+
+/// An error unless there is one keep flag per element.
+fn check_keep(op: &str, flags: usize, elems: usize) -> Result<()> {
+    if flags != elems {
+        bail!("{op}: {flags} mask flags for {elems} elements")
+    }
+    Ok(())
+}
+
+/// Flag `i` of a mask packed by [`pack_bits`].
+#[inline]
+fn kept(bits: &[u64], i: usize) -> bool {
+    bits[i / 64] >> (i % 64) & 1 == 1
 }
 
 /// `keep` as bits, 64 flags to a word (flag i is bit i % 64 of word i / 64).
@@ -753,7 +770,7 @@ impl CustomOp1 for DropoutOp {
             .zip(self.bits.par_chunks(ELEMWISE_TASK / 64))
             .for_each(|((o, x), bits)| {
                 for (i, (o, &v)) in o.iter_mut().zip(x).enumerate() {
-                    if bits[i / 64] >> (i % 64) & 1 == 1 {
+                    if kept(bits, i) {
                         *o = v * self.scale;
                     }
                 }
@@ -783,16 +800,10 @@ pub fn dropout_add(
             residual.dims()
         )
     }
+    if let Some(keep) = keep {
+        check_keep("dropout-add", keep.len(), y.elem_count())?;
+    }
     if fused(y) && fused(residual) {
-        if let Some(keep) = keep {
-            if keep.len() != y.elem_count() {
-                bail!(
-                    "dropout-add: {} mask flags for {} elements",
-                    keep.len(),
-                    y.elem_count()
-                )
-            }
-        }
         let dropout = keep.map(|keep| DropoutOp {
             bits: pack_bits(keep),
             scale,
@@ -844,7 +855,7 @@ impl CustomOp2 for DropoutAddOp {
                 Some(d) => {
                     let bits = &d.bits[c * ELEMWISE_TASK / 64..];
                     for (i, (o, &v)) in o.iter_mut().zip(y).enumerate() {
-                        if bits[i / 64] >> (i % 64) & 1 == 1 {
+                        if kept(bits, i) {
                             *o += v * d.scale;
                         }
                     }
@@ -909,6 +920,34 @@ pub fn attention_softmax_composite(
     candle_nn::ops::softmax(&s, D::Minus1)
 }
 
+/// In place, `softmax(row · scale + mask)` of one row of attention scores.
+#[inline]
+fn scaled_softmax_row(row: &mut [f32], scale: f32, mask: Option<&[f32]>) {
+    match mask {
+        Some(m) => {
+            for (s, &m) in row.iter_mut().zip(m) {
+                *s = *s * scale + m;
+            }
+        }
+        None => {
+            for s in row.iter_mut() {
+                *s *= scale;
+            }
+        }
+    }
+    softmax_row(row);
+}
+
+/// In place, the softmax backward of one row: `g` holds dy on entry and
+/// `scale · y ⊙ (dy − ⟨dy, y⟩)` on return, for the softmax output `y`.
+#[inline]
+fn softmax_grad_row(y: &[f32], g: &mut [f32], scale: f32) {
+    let dot: f32 = y.iter().zip(g.iter()).map(|(a, b)| a * b).sum();
+    for (g, &y) in g.iter_mut().zip(y) {
+        *g = scale * y * (*g - dot);
+    }
+}
+
 /// In-place softmax of one row.
 #[inline]
 fn softmax_row(o: &mut [f32]) {
@@ -952,12 +991,9 @@ impl CustomOp2 for AttentionSoftmaxOp {
         let rows_per_example = rows / batch;
         let mut out = vec![0f32; x.len()];
         par_rows(&mut out, lk, |r, o| {
-            let xr = &x[r * lk..(r + 1) * lk];
+            o.copy_from_slice(&x[r * lk..(r + 1) * lk]);
             let m = &mask[(r / rows_per_example) * lk..][..lk];
-            for j in 0..lk {
-                o[j] = xr[j] * self.scale + m[j];
-            }
-            softmax_row(o);
+            scaled_softmax_row(o, self.scale, Some(m));
         });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
@@ -996,11 +1032,8 @@ impl CustomOp2 for SoftmaxGradOp {
         let (_, w) = rows_of(l1)?;
         let mut out = vec![0f32; y.len()];
         par_rows(&mut out, w, |r, o| {
-            let (yr, dyr) = (&y[r * w..(r + 1) * w], &dy[r * w..(r + 1) * w]);
-            let dot: f32 = yr.iter().zip(dyr).map(|(a, b)| a * b).sum();
-            for j in 0..w {
-                o[j] = self.scale * yr[j] * (dyr[j] - dot);
-            }
+            o.copy_from_slice(&dy[r * w..(r + 1) * w]);
+            softmax_grad_row(&y[r * w..(r + 1) * w], o, self.scale);
         });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }

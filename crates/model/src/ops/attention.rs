@@ -8,8 +8,11 @@
 //! and the backward recomputes the probabilities (one small product per head) and runs the
 //! four gradient products of each head directly into the `[B, L, H]` gradients.
 
-use super::{fused, gemm_into, pack_bits, slice, softmax_row, Operand, SharedMut};
-use candle_core::{bail, CpuStorage, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor};
+use super::{
+    check_keep, fused, gemm_into, kept, pack_bits, scaled_softmax_row, slice, softmax_grad_row,
+    Operand, SharedMut,
+};
+use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Storage, Tensor};
 use rayon::prelude::*;
 
 /// Dropout on the attention probabilities: one keep flag per probability, row-major over
@@ -40,13 +43,7 @@ pub fn multi_head_attention(
 ) -> Result<Tensor> {
     let dims = AttentionDims::of(q, k, v, heads)?;
     if let Some(d) = dropout {
-        if d.keep.len() != dims.probs() {
-            bail!(
-                "attention: {} dropout flags for {} probabilities",
-                d.keep.len(),
-                dims.probs()
-            )
-        }
+        check_keep("attention", d.keep.len(), dims.probs())?;
     }
     if !(fused(q) && fused(k) && fused(v) && mask.is_none_or(fused)) {
         return multi_head_attention_composite(q, k, v, heads, mask, scale, dropout);
@@ -142,12 +139,7 @@ impl AttentionDims {
     /// Head `h` of example `b` in a `[B, len, H]` buffer at `ptr`, as a `[len, head_dim]`
     /// operand (`transposed`: as `[head_dim, len]`).
     fn head(&self, ptr: *const f32, len: usize, b: usize, h: usize, transposed: bool) -> Operand {
-        let op = Operand {
-            ptr,
-            rs: self.hidden as isize,
-            cs: 1,
-        }
-        .offset(b * len, h * self.head_dim());
+        let op = Operand::row_major(ptr, self.hidden).offset(b * len, h * self.head_dim());
         if transposed {
             op.t()
         } else {
@@ -187,10 +179,7 @@ impl AttentionOp {
         };
         let mask = self.mask.as_ref().map(|m| &m[b * d.lk..(b + 1) * d.lk]);
         for row in p.chunks_mut(d.lk) {
-            for (j, s) in row.iter_mut().enumerate() {
-                *s = *s * self.scale + mask.map_or(0.0, |m| m[j]);
-            }
-            softmax_row(row);
+            scaled_softmax_row(row, self.scale, mask);
         }
     }
 
@@ -199,8 +188,7 @@ impl AttentionOp {
         if let Some((bits, factor)) = &self.keep {
             let base = (b * self.dims.heads + h) * p.len();
             for (i, x) in p.iter_mut().enumerate() {
-                let at = base + i;
-                *x = if bits[at / 64] >> (at % 64) & 1 == 1 {
+                *x = if kept(bits, base + i) {
                     *x * factor
                 } else {
                     0.0
@@ -220,11 +208,7 @@ impl AttentionOp {
                 let (b, h) = (t / d.heads, t % d.heads);
                 self.probs(q, k, b, h, p);
                 self.drop(b, h, p);
-                let pd = Operand {
-                    ptr: p.as_ptr(),
-                    rs: d.lk as isize,
-                    cs: 1,
-                };
+                let pd = Operand::row_major(p.as_ptr(), d.lk);
                 // SAFETY: head (b, h) of the output is written by this task alone.
                 unsafe {
                     gemm_into(
@@ -266,11 +250,7 @@ impl AttentionOp {
                 self.probs(q, k, b, h, p);
                 pd.copy_from_slice(p);
                 self.drop(b, h, pd);
-                let rows = |ptr: *const f32| Operand {
-                    ptr,
-                    rs: d.lk as isize,
-                    cs: 1,
-                };
+                let rows = |ptr: *const f32| Operand::row_major(ptr, d.lk);
                 let (q_off, k_off) = (b * d.lq * d.hidden + h * hd, b * d.lk * d.hidden + h * hd);
                 let dout_h = d.head(dout.as_ptr(), d.lq, b, h, false);
                 // SAFETY: head (b, h) of dq, dk and dv is written by this task alone; the
@@ -297,11 +277,8 @@ impl AttentionOp {
                 }
                 // Through the dropout, then the softmax: dS = scale · P ⊙ (dP − ⟨dP, P⟩).
                 self.drop(b, h, dp);
-                for (dr, pr) in dp.chunks_mut(d.lk).zip(p.chunks(d.lk)) {
-                    let dot: f32 = dr.iter().zip(pr).map(|(a, b)| a * b).sum();
-                    for (g, &y) in dr.iter_mut().zip(pr) {
-                        *g = self.scale * y * (*g - dot);
-                    }
+                for (g, y) in dp.chunks_mut(d.lk).zip(p.chunks(d.lk)) {
+                    softmax_grad_row(y, g, self.scale);
                 }
                 // SAFETY: as above.
                 unsafe {
@@ -384,7 +361,7 @@ impl CustomOp3 for AttentionOp {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let grad = grad.contiguous()?.to_dtype(DType::F32)?;
+        let grad = grad.contiguous()?;
         let (dq, dk, dv) = {
             let name = self.name();
             let (qs, ql) = q.storage_and_layout();
