@@ -399,6 +399,10 @@ pub struct ModelPreset {
     /// [`msp_model::Config::gate_visual_heads`].
     #[serde(default = "default_gate_visual_heads")]
     pub gate_visual_heads: bool,
+    /// σ of the N(0, σ) weight init (default 0.02, as BERT and LXMERT); see
+    /// [`msp_model::Config::initializer_range`].
+    #[serde(default = "default_initializer_range")]
+    pub initializer_range: f64,
 }
 
 /// The `[model]` key a model-config field comes from (both dropouts are `dropout`).
@@ -421,6 +425,10 @@ fn default_gate_visual_heads() -> bool {
     true
 }
 
+fn default_initializer_range() -> f64 {
+    0.02
+}
+
 impl ModelPreset {
     /// The paper's LXMERT-S sizes.
     pub fn paper() -> Self {
@@ -435,6 +443,7 @@ impl ModelPreset {
             max_position_embeddings: 512,
             dropout: 0.1,
             gate_visual_heads: true,
+            initializer_range: default_initializer_range(),
         }
     }
 
@@ -490,6 +499,7 @@ impl ModelPreset {
             num_attr_labels: data.num_attributes,
             cls_token_id: data.cls_token_id,
             gate_visual_heads: self.gate_visual_heads,
+            initializer_range: self.initializer_range,
             ..msp_model::Config::default()
         }
     }
@@ -658,11 +668,24 @@ sentence = { epochs = 1, batch_size = 8, max_steps = 3 }
             num_attributes: 5,
             cls_token_id: 2,
         };
-        // LXMERT-S's gated visual heads unless the preset turns them off.
-        assert!(p.unwrap().model.model_config(&shape).gate_visual_heads);
-        let ungated = good.replace("x_layers = 2", "x_layers = 2\ngate_visual_heads = false");
-        let p = Preset::from_toml_str(&ungated, Path::new("p.toml")).unwrap();
+        // LXMERT-S's gated visual heads and BERT's init σ unless the preset changes them.
+        let default_config = p.unwrap().model.model_config(&shape);
+        assert!(default_config.gate_visual_heads);
+        assert_eq!(default_config.initializer_range, 0.02);
+        let changed = good.replace(
+            "x_layers = 2",
+            "x_layers = 2\ngate_visual_heads = false\ninitializer_range = 0.05",
+        );
+        let p = Preset::from_toml_str(&changed, Path::new("p.toml")).unwrap();
         assert!(!p.model.model_config(&shape).gate_visual_heads);
+        assert_eq!(p.model.model_config(&shape).initializer_range, 0.05);
+        let negative = good.replace("x_layers = 2", "x_layers = 2\ninitializer_range = -1.0");
+        let e = Preset::from_toml_str(&negative, Path::new("p.toml"));
+        assert!(
+            matches!(&e, Err(CurriculumError::Toml { message, .. })
+                if message.contains("model.initializer_range")),
+            "{e:?}"
+        );
         let bad = good.replace("x_layers = 2", "x_layers = 2\nlayers = 3");
         let e = Preset::from_toml_str(&bad, Path::new("p.toml"));
         assert!(
