@@ -425,8 +425,9 @@ fn default_gate_visual_heads() -> bool {
     true
 }
 
+/// The model's own default (BERT's 0.02), so the two cannot drift apart.
 fn default_initializer_range() -> f64 {
-    0.02
+    msp_model::Config::default().initializer_range
 }
 
 impl ModelPreset {
