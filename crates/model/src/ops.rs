@@ -1,6 +1,6 @@
 //! Fused CPU kernels *with a backward* for a training step: linear layers and matrix products
 //! (split over rayon's threads), the multi-head attention core (heads read and written in the
-//! `[B, L, H]` layout, probabilities recomputed in the backward), LayerNorm, exact (erf) GELU,
+//! `[B, L, H]` layout, probabilities kept for the backward), LayerNorm, exact (erf) GELU,
 //! the attention softmax (scale, additive mask, softmax in one pass), softmax cross-entropy,
 //! dropout, and dropout plus residual add.
 //!

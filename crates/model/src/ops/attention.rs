@@ -4,9 +4,10 @@
 //!
 //! candle composes this from nine ops (three head splits with copies, two batched products, the
 //! softmax, dropout, a transpose with a copy) and its backward adds a zero-filled buffer and an
-//! addition per op input. Here the forward keeps nothing but the inputs and the dropout bits,
-//! and the backward recomputes the probabilities (one small product per head) and runs the
-//! four gradient products of each head directly into the `[B, L, H]` gradients.
+//! addition per op input. Here the forward keeps the inputs, the dropout bits and the
+//! probabilities before dropout (`B · heads · Lq · Lk` floats, as PyTorch keeps them), and the
+//! backward runs the four gradient products of each head directly into the `[B, L, H]`
+//! gradients.
 
 use super::{
     check_keep, fused, gemm_into, kept, pack_bits, scaled_softmax_row, slice, softmax_grad_row,
@@ -14,6 +15,7 @@ use super::{
 };
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Storage, Tensor};
 use rayon::prelude::*;
+use std::sync::OnceLock;
 
 /// Dropout on the attention probabilities: one keep flag per probability, row-major over
 /// `[B, heads, Lq, Lk]`, and the factor applied to the kept ones (`1 / (1 − p)`).
@@ -61,6 +63,7 @@ pub fn multi_head_attention(
         scale: scale as f32,
         mask,
         keep: dropout.map(|d| (pack_bits(d.keep), d.scale)),
+        saved_probs: OnceLock::new(),
     };
     q.contiguous()?
         .apply_op3(&k.contiguous()?, &v.contiguous()?, op)
@@ -156,6 +159,9 @@ struct AttentionOp {
     mask: Option<Vec<f32>>,
     /// Dropout keep bits over `[B, heads, Lq, Lk]` and the factor for kept probabilities.
     keep: Option<(Vec<u64>, f32)>,
+    /// The probabilities before dropout, `[B, heads, Lq, Lk]`, kept by the forward for the
+    /// backward.
+    saved_probs: OnceLock<Vec<f32>>,
 }
 
 impl AttentionOp {
@@ -197,17 +203,25 @@ impl AttentionOp {
         }
     }
 
-    /// The `[B, Lq, H]` context.
-    fn forward(&self, q: &[f32], k: &[f32], v: &[f32]) -> Vec<f32> {
+    /// The `[B, Lq, H]` context and the probabilities before dropout `[B, heads, Lq, Lk]`.
+    fn forward(&self, q: &[f32], k: &[f32], v: &[f32]) -> (Vec<f32>, Vec<f32>) {
         let d = self.dims;
+        let len = d.lq * d.lk;
         let mut out = vec![0f32; d.batch * d.lq * d.hidden];
+        let mut probs = vec![0f32; d.batch * d.heads * len];
         let dst = SharedMut(out.as_mut_ptr());
-        (0..d.batch * d.heads).into_par_iter().for_each_init(
-            || vec![0f32; d.lq * d.lk],
-            |p, t| {
+        probs.par_chunks_mut(len).enumerate().for_each_init(
+            || vec![0f32; len],
+            |dropped, (t, p)| {
                 let (b, h) = (t / d.heads, t % d.heads);
                 self.probs(q, k, b, h, p);
-                self.drop(b, h, p);
+                let p: &[f32] = if self.keep.is_some() {
+                    dropped.copy_from_slice(p);
+                    self.drop(b, h, dropped);
+                    dropped
+                } else {
+                    p
+                };
                 let pd = Operand::row_major(p.as_ptr(), d.lk);
                 // SAFETY: head (b, h) of the output is written by this task alone.
                 unsafe {
@@ -222,15 +236,15 @@ impl AttentionOp {
                 }
             },
         );
-        out
+        (out, probs)
     }
 
-    /// Gradients of `q`, `k` and `v` for the upstream gradient `dout [B, Lq, H]`.
+    /// Gradients of `q`, `k` and `v` for the upstream gradient `dout [B, Lq, H]`, given the
+    /// forward's probabilities before dropout `probs [B, heads, Lq, Lk]`.
     fn backward(
         &self,
-        q: &[f32],
-        k: &[f32],
-        v: &[f32],
+        (q, k, v): (&[f32], &[f32], &[f32]),
+        probs: &[f32],
         dout: &[f32],
     ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
         let d = self.dims;
@@ -244,10 +258,10 @@ impl AttentionOp {
             SharedMut(dv.as_mut_ptr()),
         );
         (0..d.batch * d.heads).into_par_iter().for_each_init(
-            || (vec![0f32; len], vec![0f32; len], vec![0f32; len]),
-            |(p, pd, dp), t| {
+            || (vec![0f32; len], vec![0f32; len]),
+            |(pd, dp), t| {
                 let (b, h) = (t / d.heads, t % d.heads);
-                self.probs(q, k, b, h, p);
+                let p = &probs[t * len..(t + 1) * len];
                 pd.copy_from_slice(p);
                 self.drop(b, h, pd);
                 let rows = |ptr: *const f32| Operand::row_major(ptr, d.lk);
@@ -349,7 +363,10 @@ impl CustomOp3 for AttentionOp {
             slice(s3, l3, self.name())?,
         );
         self.check(q, k, v)?;
-        let out = self.forward(q, k, v);
+        let (out, probs) = self.forward(q, k, v);
+        // candle runs an op's forward once; were it run again on the same q and k, the
+        // probabilities kept first would be the same.
+        let _ = self.saved_probs.set(probs);
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
@@ -382,7 +399,10 @@ impl CustomOp3 for AttentionOp {
                     qv.len()
                 )
             }
-            self.backward(qv, kv, vv, gv)
+            let Some(probs) = self.saved_probs.get() else {
+                bail!("attention: backward without a forward")
+            };
+            self.backward((qv, kv, vv), probs, gv)
         };
         let dev = q.device();
         Ok((
