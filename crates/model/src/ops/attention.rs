@@ -203,6 +203,17 @@ impl AttentionOp {
         }
     }
 
+    /// The probabilities `p [Lq, Lk]` of head `h` of example `b` after dropout: `p` itself
+    /// without dropout, else a copy in `scratch` with the dropout applied.
+    fn dropped<'a>(&self, b: usize, h: usize, p: &'a [f32], scratch: &'a mut [f32]) -> &'a [f32] {
+        if self.keep.is_none() {
+            return p;
+        }
+        scratch.copy_from_slice(p);
+        self.drop(b, h, scratch);
+        scratch
+    }
+
     /// The `[B, Lq, H]` context and the probabilities before dropout `[B, heads, Lq, Lk]`.
     fn forward(&self, q: &[f32], k: &[f32], v: &[f32]) -> (Vec<f32>, Vec<f32>) {
         let d = self.dims;
@@ -212,17 +223,10 @@ impl AttentionOp {
         let dst = SharedMut(out.as_mut_ptr());
         probs.par_chunks_mut(len).enumerate().for_each_init(
             || vec![0f32; len],
-            |dropped, (t, p)| {
+            |scratch, (t, p)| {
                 let (b, h) = (t / d.heads, t % d.heads);
                 self.probs(q, k, b, h, p);
-                let p: &[f32] = if self.keep.is_some() {
-                    dropped.copy_from_slice(p);
-                    self.drop(b, h, dropped);
-                    dropped
-                } else {
-                    p
-                };
-                let pd = Operand::row_major(p.as_ptr(), d.lk);
+                let pd = Operand::row_major(self.dropped(b, h, p, scratch).as_ptr(), d.lk);
                 // SAFETY: head (b, h) of the output is written by this task alone.
                 unsafe {
                     gemm_into(
@@ -259,11 +263,10 @@ impl AttentionOp {
         );
         (0..d.batch * d.heads).into_par_iter().for_each_init(
             || (vec![0f32; len], vec![0f32; len]),
-            |(pd, dp), t| {
+            |(scratch, dp), t| {
                 let (b, h) = (t / d.heads, t % d.heads);
                 let p = &probs[t * len..(t + 1) * len];
-                pd.copy_from_slice(p);
-                self.drop(b, h, pd);
+                let pd = self.dropped(b, h, p, scratch);
                 let rows = |ptr: *const f32| Operand::row_major(ptr, d.lk);
                 let (q_off, k_off) = (b * d.lq * d.hidden + h * hd, b * d.lk * d.hidden + h * hd);
                 let dout_h = d.head(dout.as_ptr(), d.lq, b, h, false);
