@@ -17,7 +17,7 @@ use msp_tasks::Task;
 #[derive(clap::Args, Debug)]
 pub struct PretrainArgs {
     /// Preset (`data/presets/<name>.toml`: `[model]`, `[pretrain]`, and `[world]` for the
-    /// synthetic data): smoke, tiny, tiny-itm, small, paper-shape.
+    /// synthetic data): smoke, tiny, tiny-gated, small, paper-shape.
     #[arg(long, default_value = "tiny")]
     pub preset: String,
     /// Stages in order (`T,P,S`, `P,S`, `S`, `S,P,T`) or the joint mix `T+P+S`.

@@ -21,7 +21,7 @@ use crate::pretrain::{data_dir, open_data, pretrain_with_progress};
 /// The options `reproduce` and `ablation` share.
 #[derive(clap::Args, Debug)]
 pub struct RunArgs {
-    /// Preset (`data/presets/<name>.toml`): smoke, tiny, small, paper-shape, paper.
+    /// Preset (`data/presets/<name>.toml`): smoke, tiny, tiny-gated, small, paper-shape, paper.
     #[arg(long, default_value = "tiny")]
     pub preset: String,
     /// Data directory in the layout of `cargo xtask synth` (real data: LXMERT's file
@@ -260,7 +260,7 @@ impl Context {
         root: &Path,
     ) -> anyhow::Result<(Report, DownstreamResults)> {
         let t0 = Instant::now();
-        let (backbone, stage_pairs, label) = match schedule {
+        let (backbone, stage_pairs, label, pretraining) = match schedule {
             Some(schedule) => {
                 let pre = root.join(PRETRAIN_DIR);
                 let (cfg, _) = pretrain_with_progress(
@@ -285,7 +285,13 @@ impl Context {
                         (st.name.clone(), n)
                     })
                     .collect();
-                (Backbone::from_run(&pre)?, pairs, schedule.to_string())
+                let summary = pretraining_summary(&cfg, preset.model.variant()?);
+                (
+                    Backbone::from_run(&pre)?,
+                    pairs,
+                    schedule.to_string(),
+                    summary,
+                )
             }
             None => {
                 let cfg = msp_curriculum::resolve_config(
@@ -301,6 +307,7 @@ impl Context {
                     Backbone::random(cfg.model, variant),
                     Vec::new(),
                     "none".into(),
+                    "none (random init)".into(),
                 )
             }
         };
@@ -322,6 +329,7 @@ impl Context {
         let report = Report {
             preset: self.preset_name.clone(),
             schedule: label,
+            pretraining,
             data: self.data_dir.display().to_string(),
             seed,
             resources: Resources {
@@ -342,6 +350,33 @@ impl Context {
         };
         Ok((report, results))
     }
+}
+
+/// What each pre-training stage ran, for the report: tasks and peak learning rate per
+/// stage, and whether LXMERT-S's gate on the visual heads was on.
+fn pretraining_summary(cfg: &msp_curriculum::RunConfig, variant: msp_model::Variant) -> String {
+    let stages: Vec<String> = cfg
+        .stages
+        .iter()
+        .map(|st| {
+            let tasks: Vec<String> = st
+                .sources
+                .iter()
+                .map(|s| s.tasks.replace(',', " "))
+                .collect();
+            format!("{} ({}; lr {:e})", st.name, tasks.join(" + "), st.lr)
+        })
+        .collect();
+    let mut s = stages.join(", ");
+    if variant.gated_visual_heads() {
+        let on = if cfg.model.gate_visual_heads {
+            "on"
+        } else {
+            "off"
+        };
+        s.push_str(&format!("; LXMERT-S's gate on the visual heads {on}"));
+    }
+    s
 }
 
 /// Validation curves of the fine-tunings (one line per task) into `path`.
@@ -437,6 +472,29 @@ pub fn run_reproduce(args: ReproduceArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The preset a Table 4 row pre-trains with: `base` with the row's task lists. The row defines
+/// the tasks: a preset's own lists (tiny's sentence stage runs ITM instead of ITM-HS) give way
+/// to the paper's defaults, then to the row's overrides.
+fn row_preset(base: &Preset, v: &Variant) -> Preset {
+    let mut preset = base.clone();
+    for stage in [
+        &mut preset.pretrain.token,
+        &mut preset.pretrain.phrase,
+        &mut preset.pretrain.sentence,
+    ] {
+        stage.tasks = None;
+    }
+    for &(letter, tasks) in v.tasks_override {
+        let stage = match letter {
+            'T' => &mut preset.pretrain.token,
+            'P' => &mut preset.pretrain.phrase,
+            _ => &mut preset.pretrain.sentence,
+        };
+        stage.tasks = Some(tasks.to_string());
+    }
+    preset
+}
+
 /// Runs `ablation`.
 pub fn run_ablation(args: AblationArgs) -> anyhow::Result<()> {
     let start = Instant::now();
@@ -457,15 +515,7 @@ pub fn run_ablation(args: AblationArgs) -> anyhow::Result<()> {
         let v = ROWS
             .get(r.wrapping_sub(1))
             .with_context(|| format!("--row {r}: Table 4 has rows 1 to {}", ROWS.len()))?;
-        let mut preset = ctx.preset.clone();
-        for &(letter, tasks) in v.tasks_override {
-            let stage = match letter {
-                'T' => &mut preset.pretrain.token,
-                'P' => &mut preset.pretrain.phrase,
-                _ => &mut preset.pretrain.sentence,
-            };
-            stage.tasks = Some(tasks.to_string());
-        }
+        let preset = row_preset(&ctx.preset, v);
         let schedule: Option<Schedule> = v.schedule.map(str::parse).transpose()?;
         let without = v
             .without
@@ -536,4 +586,29 @@ pub fn run_ablation(args: AblationArgs) -> anyhow::Result<()> {
         out.join("table4.md").display()
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table4_rows_define_the_tasks_whatever_the_preset_sets() -> anyhow::Result<()> {
+        let presets = Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/presets");
+        let mut base = Preset::load(&presets, "smoke")?;
+        base.pretrain.sentence.tasks = Some("MLM,ITM".into());
+        base.pretrain.token.tasks = Some("MLM".into());
+        // Row 2 (S with the paper's tasks): the preset's lists are dropped.
+        let row2 = row_preset(&base, &ROWS[1]);
+        assert_eq!(row2.pretrain.sentence.tasks, None);
+        assert_eq!(row2.pretrain.token.tasks, None);
+        // Row 3 (S with ITM instead of ITM-HS): the row's own list.
+        let row3 = row_preset(&base, &ROWS[2]);
+        assert_eq!(
+            row3.pretrain.sentence.tasks.as_deref(),
+            Some("MLM,MRFR,MOC,TITS,ITM")
+        );
+        assert_eq!(row3.pretrain.phrase.tasks, None);
+        Ok(())
+    }
 }

@@ -18,7 +18,8 @@
 //!   `stage-<k>-<name>/{checkpoint.safetensors, optimizer.safetensors, state.json, done}`,
 //!   `metrics.jsonl`, `plots/<stage>.png`, `summary.json`). Each metrics line has every
 //!   task's loss and accuracy, and [`PooledStats`] of the pooled vector (`pooled.abs_mean`,
-//!   `pooled.batch_std`), which shows when the poolers saturate.
+//!   `pooled.batch_std`; for LXMERT-S also of each pooler, `pooled.text.*` and
+//!   `pooled.visual.*`), which shows when and which poolers saturate.
 //!
 //! **Key design choice: a run is a pure function of its configuration and the batch index.**
 //! Batch `k` of a stage depends only on `(seed, k)` (the epoch order is a seeded shuffle of

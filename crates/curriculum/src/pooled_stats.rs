@@ -37,6 +37,48 @@ impl PooledStats {
     }
 }
 
+/// Sums of [`PooledStats`] over the micro-batches of one update: of the pooled vector, and for
+/// LXMERT-S of its text and visual factors (which of the two poolers saturates).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct PooledSums {
+    /// `[pooled, text factor, visual factor]` × `(abs_mean, batch_std)`.
+    sums: [(f64, f64); 3],
+    factors: bool,
+}
+
+impl PooledSums {
+    /// Adds the statistics of one forward's pooled vector (and factors).
+    pub(crate) fn add(&mut self, out: &msp_model::LxmertOutput) -> Result<()> {
+        let mut add = |slot: usize, t: &Tensor| -> Result<()> {
+            let s = PooledStats::of(t)?;
+            self.sums[slot].0 += f64::from(s.abs_mean);
+            self.sums[slot].1 += f64::from(s.batch_std);
+            Ok(())
+        };
+        add(0, &out.pooled_output)?;
+        if let Some((text, visual)) = &out.pooler_factors {
+            add(1, text)?;
+            add(2, visual)?;
+            self.factors = true;
+        }
+        Ok(())
+    }
+
+    /// Writes the means over `n` micro-batches as `pooled.abs_mean`, `pooled.batch_std` and,
+    /// with two poolers, `pooled.{text,visual}.{abs_mean,batch_std}`.
+    pub(crate) fn insert_means(&self, m: &mut serde_json::Map<String, serde_json::Value>, n: f64) {
+        let names: &[&str] = if self.factors {
+            &["pooled", "pooled.text", "pooled.visual"]
+        } else {
+            &["pooled"]
+        };
+        for (name, (abs_mean, batch_std)) in names.iter().zip(self.sums) {
+            m.insert(format!("{name}.abs_mean"), (abs_mean / n).into());
+            m.insert(format!("{name}.batch_std"), (batch_std / n).into());
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -58,6 +100,34 @@ mod tests {
         let s = PooledStats::of(&p)?;
         assert_eq!(s.abs_mean, 1.0);
         assert_eq!(s.batch_std, 0.0);
+        Ok(())
+    }
+
+    #[test]
+    fn sums_report_each_pooler_of_a_product_pooler() -> Result<()> {
+        let dev = Device::Cpu;
+        let text = Tensor::new(&[[0.5f32, -0.5], [0.5, 0.5]], &dev)?;
+        let visual = Tensor::new(&[[1f32, 1.0], [1.0, 1.0]], &dev)?;
+        let out = msp_model::LxmertOutput {
+            language_output: Tensor::zeros((2, 1, 2), DType::F32, &dev)?,
+            vision_output: Tensor::zeros((2, 1, 2), DType::F32, &dev)?,
+            pooled_output: text.mul(&visual)?,
+            pooler_factors: Some((text, visual)),
+        };
+        let mut sums = PooledSums::default();
+        sums.add(&out)?;
+        sums.add(&out)?;
+        let mut m = serde_json::Map::new();
+        sums.insert_means(&mut m, 2.0);
+        let get = |k: &str| m[k].as_f64().unwrap();
+        // Text: |x| 0.5 everywhere; unit 0 constant, unit 1 ±0.5 → std (0 + 0.5) / 2.
+        assert!((get("pooled.text.abs_mean") - 0.5).abs() < 1e-6);
+        assert!((get("pooled.text.batch_std") - 0.25).abs() < 1e-6);
+        // Visual: saturated and constant.
+        assert_eq!(get("pooled.visual.abs_mean"), 1.0);
+        assert_eq!(get("pooled.visual.batch_std"), 0.0);
+        assert!((get("pooled.abs_mean") - 0.5).abs() < 1e-6);
+        assert_eq!(m.len(), 6);
         Ok(())
     }
 }

@@ -17,7 +17,7 @@ use crate::grad_clipping::{GradAccumulator, GradClipping};
 use crate::loader::{with_loader, StagePlan};
 use crate::lr_scheduler::LinearWarmupDecay;
 use crate::optim::Optimizer;
-use crate::pooled_stats::PooledStats;
+use crate::pooled_stats::PooledSums;
 use crate::run::{files, write_atomic, RunConfig, RunDir, StageState};
 
 /// What the trainer reports to its caller (progress bars, tests).
@@ -424,8 +424,9 @@ pub fn pretrain(
                 let mut acc = GradAccumulator::new();
                 let mut sums: BTreeMap<String, (f64, f64, usize)> = BTreeMap::new();
                 let mut total_sum = 0f64;
-                // Sums of the pooled vector's statistics over the update's micro-batches.
-                let mut pooled_sum = (0f64, 0f64);
+                // Sums of the pooled vector's statistics (and of its two factors, LXMERT-S)
+                // over the update's micro-batches.
+                let mut pooled_sum = PooledSums::default();
                 let mut window_samples = 0u64;
                 let mut window_start = Instant::now();
                 let mut step_samples = 0u64;
@@ -457,9 +458,7 @@ pub fn pretrain(
                         }
                     }
                     total_sum += f64::from(total);
-                    let ps = PooledStats::of(&out.pooled_output)?;
-                    pooled_sum.0 += f64::from(ps.abs_mean);
-                    pooled_sum.1 += f64::from(ps.batch_std);
+                    pooled_sum.add(&out)?;
                     step_samples += batch.len() as u64;
                     k += 1;
                     if acc.count() as u64 == accum || k == total_micro {
@@ -497,8 +496,7 @@ pub fn pretrain(
                                 }
                             }
                             m.insert("loss.total".into(), (total_sum / n).into());
-                            m.insert("pooled.abs_mean".into(), (pooled_sum.0 / n).into());
-                            m.insert("pooled.batch_std".into(), (pooled_sum.1 / n).into());
+                            pooled_sum.insert_means(&mut m, n);
                             run.append_metrics(&[serde_json::Value::Object(m)])?;
                             if on_event(&Event::Step {
                                 stage: &st.name,
@@ -516,7 +514,7 @@ pub fn pretrain(
                         }
                         sums.clear();
                         total_sum = 0.0;
-                        pooled_sum = (0.0, 0.0);
+                        pooled_sum = PooledSums::default();
                         msp_features::pause_point("pretrain.step");
                         if state.step % ckpt_every == 0 && state.step < total_steps {
                             save_stage(&model, &opt, &dir, &mut state)?;

@@ -67,6 +67,10 @@ pub struct Report {
     pub preset: String,
     /// Schedule pre-trained.
     pub schedule: String,
+    /// What the pre-training ran (tasks and learning rate per stage, the visual-head gate);
+    /// empty in reports written before this field existed.
+    #[serde(default)]
+    pub pretraining: String,
     /// Data directory.
     pub data: String,
     /// Seed.
@@ -311,6 +315,9 @@ impl Report {
             "# msp reproduce: preset `{}`, schedule {}, seed {}\n\nData: `{}`.\n\n",
             self.preset, self.schedule, self.seed, self.data
         );
+        if !self.pretraining.is_empty() {
+            s.push_str(&format!("Pre-training: {}.\n\n", self.pretraining));
+        }
         s.push_str("## Table 1: parameters, pre-training data and resources\n\n");
         s.push_str(&markdown_table(&self.table1()));
         s.push_str("\n## Table 2: VQA, GQA and NLVR2 (accuracy, %)\n\n");
@@ -361,6 +368,7 @@ mod tests {
         let r = Report {
             preset: "smoke".into(),
             schedule: "T,P,S".into(),
+            pretraining: "sentence (ITM; lr 1e-3)".into(),
             data: "worlds/smoke-seed0".into(),
             seed: 0,
             resources: Resources {
@@ -382,6 +390,10 @@ mod tests {
         assert!(md.contains("42.42 | 68.70 | 77.92 | 49.00"), "{md}");
         assert!(md.contains("1.2k (5.6M with embeddings and heads)"), "{md}");
         assert!(md.contains("192 (token 32, sentence 160)"), "{md}");
+        assert!(
+            md.contains("Pre-training: sentence (ITM; lr 1e-3).\n"),
+            "{md}"
+        );
         assert_eq!(r.table2()[2][1], "–");
     }
 }

@@ -17,7 +17,14 @@ fn presets() -> PathBuf {
 
 #[test]
 fn committed_presets_have_finetune_tables() {
-    for name in ["smoke", "tiny", "small", "paper-shape", "paper"] {
+    for name in [
+        "smoke",
+        "tiny",
+        "tiny-gated",
+        "small",
+        "paper-shape",
+        "paper",
+    ] {
         let c = FinetuneConfig::load(&presets(), name);
         assert!(c.is_ok(), "{name}: {c:?}");
     }

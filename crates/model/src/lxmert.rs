@@ -503,6 +503,9 @@ pub struct LxmertOutput {
     pub vision_output: Tensor,
     /// `[B, H]`: tanh pooler, or the product of the two poolers (LXMERT-S).
     pub pooled_output: Tensor,
+    /// LXMERT-S: the text and the visual pooler outputs (`[B, H]` each) whose product is
+    /// `pooled_output`; `None` with a single pooler.
+    pub pooler_factors: Option<(Tensor, Tensor)>,
 }
 
 /// `LxmertModel` (HF) / `LXRTModel` (LXMERT-S): the backbone.
@@ -704,14 +707,22 @@ impl LxmertModel {
         let (language_output, vision_output) =
             self.encoder
                 .forward_t(&lang, lang_mask.as_ref(), &visn, visn_mask.as_ref(), train)?;
-        let mut pooled_output = self.pooler.forward(&language_output)?;
-        if let Some(pf) = &self.pooler_f {
-            pooled_output = pooled_output.mul(&pf.forward(&vision_output)?)?;
-        }
+        let text_pooled = self.pooler.forward(&language_output)?;
+        let (pooled_output, pooler_factors) = match &self.pooler_f {
+            Some(pf) => {
+                let visual_pooled = pf.forward(&vision_output)?;
+                (
+                    text_pooled.mul(&visual_pooled)?,
+                    Some((text_pooled, visual_pooled)),
+                )
+            }
+            None => (text_pooled, None),
+        };
         Ok(LxmertOutput {
             language_output,
             vision_output,
             pooled_output,
+            pooler_factors,
         })
     }
 

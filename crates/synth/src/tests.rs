@@ -514,10 +514,12 @@ fn preset_world_table_only() {
 #[test]
 fn committed_presets_parse() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/presets");
-    // LXMERT's 36 regions, except tiny (16 × 256-d, sized for the CPU budget of reproduce).
+    // LXMERT's 36 regions, except tiny and tiny-gated (16 × 256-d, sized for the CPU budget
+    // of reproduce).
     for (name, regions) in [
         ("smoke", 36),
         ("tiny", 16),
+        ("tiny-gated", 16),
         ("small", 36),
         ("paper-shape", 36),
     ] {
