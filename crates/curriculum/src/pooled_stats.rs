@@ -7,7 +7,9 @@
 //! (the text \[CLS\] output barely depends on the input) Adam drives the poolers into that
 //! state within a few dozen updates. These two numbers, logged as `pooled.abs_mean` and
 //! `pooled.batch_std` in `metrics.jsonl`, show it: a healthy vector has a batch spread well
-//! above 0; a saturated one has `abs_mean` → 1 and spread → 0.
+//! above 0; a saturated one has `abs_mean` → 1 and spread → 0. For LXMERT-S's product of
+//! two poolers the same two numbers are logged per factor (`pooled.text.*`,
+//! `pooled.visual.*`), which tells which pooler saturates.
 
 use candle_core::{DType, Tensor};
 
