@@ -27,15 +27,25 @@ pub struct PooledStats {
 impl PooledStats {
     /// Statistics of `pooled` `[B, H]` (one host read: it runs on every training step).
     pub fn of(pooled: &Tensor) -> Result<Self> {
-        let p = pooled.detach().to_dtype(DType::F32)?;
-        let abs_mean = p.abs()?.mean_all()?;
-        let centred = p.broadcast_sub(&p.mean_keepdim(0)?)?;
-        let batch_std = centred.sqr()?.mean(0)?.sqrt()?.mean_all()?;
-        let v = Tensor::stack(&[abs_mean, batch_std], 0)?.to_vec1::<f32>()?;
-        Ok(Self {
-            abs_mean: v[0],
-            batch_std: v[1],
-        })
+        Ok(Self::of_each(&[pooled])?[0])
+    }
+
+    /// Statistics of each of `tensors` (`[B, H]` each), with one host read for all of them.
+    pub fn of_each(tensors: &[&Tensor]) -> Result<Vec<Self>> {
+        let mut scalars = Vec::with_capacity(2 * tensors.len());
+        for t in tensors {
+            let p = t.detach().to_dtype(DType::F32)?;
+            scalars.push(p.abs()?.mean_all()?);
+            let centred = p.broadcast_sub(&p.mean_keepdim(0)?)?;
+            scalars.push(centred.sqr()?.mean(0)?.sqrt()?.mean_all()?);
+        }
+        let v = Tensor::stack(&scalars, 0)?.to_vec1::<f32>()?;
+        Ok(v.chunks_exact(2)
+            .map(|s| Self {
+                abs_mean: s[0],
+                batch_std: s[1],
+            })
+            .collect())
     }
 }
 
@@ -49,19 +59,17 @@ pub(crate) struct PooledSums {
 }
 
 impl PooledSums {
-    /// Adds the statistics of one forward's pooled vector (and factors).
+    /// Adds the statistics of one forward's pooled vector (and factors), read from the
+    /// device once.
     pub(crate) fn add(&mut self, out: &msp_model::LxmertOutput) -> Result<()> {
-        let mut add = |slot: usize, t: &Tensor| -> Result<()> {
-            let s = PooledStats::of(t)?;
-            self.sums[slot].0 += f64::from(s.abs_mean);
-            self.sums[slot].1 += f64::from(s.batch_std);
-            Ok(())
-        };
-        add(0, &out.pooled_output)?;
+        let mut tensors = vec![&out.pooled_output];
         if let Some((text, visual)) = &out.pooler_factors {
-            add(1, text)?;
-            add(2, visual)?;
+            tensors.extend([text, visual]);
             self.factors = true;
+        }
+        for (sum, s) in self.sums.iter_mut().zip(PooledStats::of_each(&tensors)?) {
+            sum.0 += f64::from(s.abs_mean);
+            sum.1 += f64::from(s.batch_std);
         }
         Ok(())
     }
