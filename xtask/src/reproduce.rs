@@ -364,7 +364,17 @@ fn pretraining_summary(cfg: &msp_curriculum::RunConfig, variant: msp_model::Vari
                 .iter()
                 .map(|s| s.tasks.replace(',', " "))
                 .collect();
-            format!("{} ({}; lr {:e})", st.name, tasks.join(" + "), st.lr)
+            let weights: String = st
+                .loss_weights
+                .iter()
+                .map(|(task, w)| format!("; {task} loss ×{w}"))
+                .collect();
+            format!(
+                "{} ({}; lr {:e}{weights})",
+                st.name,
+                tasks.join(" + "),
+                st.lr
+            )
         })
         .collect();
     let mut s = stages.join(", ");
@@ -473,8 +483,9 @@ pub fn run_reproduce(args: ReproduceArgs) -> anyhow::Result<()> {
 }
 
 /// The preset a Table 4 row pre-trains with: `base` with the row's task lists. The row defines
-/// the tasks: a preset's own lists (tiny's sentence stage runs ITM instead of ITM-HS) give way
-/// to the paper's defaults, then to the row's overrides.
+/// the tasks: a preset's own lists (tiny's sentence stage runs ITM instead of ITM-HS) and loss
+/// weights (tiny's ITM ×5) give way to the paper's defaults (every loss weighs 1), then to
+/// the row's overrides.
 fn row_preset(base: &Preset, v: &Variant) -> Preset {
     let mut preset = base.clone();
     for stage in [
@@ -483,6 +494,7 @@ fn row_preset(base: &Preset, v: &Variant) -> Preset {
         &mut preset.pretrain.sentence,
     ] {
         stage.tasks = None;
+        stage.loss_weights.clear();
     }
     for &(letter, tasks) in v.tasks_override {
         let stage = match letter {
@@ -598,6 +610,7 @@ mod tests {
         let mut base = Preset::load(&presets, "smoke")?;
         base.pretrain.sentence.tasks = Some("MLM,ITM".into());
         base.pretrain.token.tasks = Some("MLM".into());
+        base.pretrain.sentence.loss_weights = [("ITM".to_string(), 5.0)].into();
         // Row 2 (S with the paper's tasks): the preset's lists are dropped.
         let row2 = row_preset(&base, &ROWS[1]);
         assert_eq!(row2.pretrain.sentence.tasks, None);
@@ -609,6 +622,8 @@ mod tests {
             Some("MLM,MRFR,MOC,TITS,ITM")
         );
         assert_eq!(row3.pretrain.phrase.tasks, None);
+        // The rows weigh every loss 1, as the paper.
+        assert!(row3.pretrain.sentence.loss_weights.is_empty());
         Ok(())
     }
 }

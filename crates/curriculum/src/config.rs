@@ -1,10 +1,11 @@
 //! Stages, schedules and the `[model]` / `[pretrain]` tables of a preset.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::Path;
 use std::str::FromStr;
 
-use msp_tasks::{Task, TaskSet};
+use msp_tasks::{LossConfig, Task, TaskSet};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{CurriculumError, Result};
@@ -163,6 +164,38 @@ pub struct StageConfig {
     pub accumulation: usize,
     /// Stop the stage after this many updates (a cap for quick runs; `None`: all epochs).
     pub max_steps: Option<u64>,
+    /// Weights of task losses in the total, by task name; unlisted tasks weigh 1.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub loss_weights: BTreeMap<String, f64>,
+}
+
+impl StageConfig {
+    /// The loss options of this stage: LXMERT's, with the stage's task weights.
+    pub fn loss_config(&self) -> Result<LossConfig> {
+        Ok(LossConfig {
+            weights: parse_loss_weights(&self.loss_weights, &self.name)?,
+            ..LossConfig::default()
+        })
+    }
+}
+
+/// Task names → weights, checked: a known task name (`ITM`, `ITM-HS`, …) and a finite
+/// weight ≥ 0. Errors name `pretrain.<stage>.loss_weights`.
+fn parse_loss_weights(weights: &BTreeMap<String, f64>, stage: &str) -> Result<BTreeMap<Task, f64>> {
+    let bad = |reason: String| CurriculumError::Config {
+        field: format!("pretrain.{stage}.loss_weights"),
+        reason,
+    };
+    weights
+        .iter()
+        .map(|(name, &w)| {
+            let task: Task = name.parse().map_err(|e| bad(format!("{name:?}: {e}")))?;
+            if !(w.is_finite() && w >= 0.0) {
+                return Err(bad(format!("{name}: weight {w} must be finite and ≥ 0")));
+            }
+            Ok((task, w))
+        })
+        .collect()
 }
 
 /// Settings of one stage in a preset's `[pretrain.token]`, `[pretrain.phrase]`,
@@ -189,6 +222,10 @@ pub struct StagePreset {
     /// Cap on updates.
     #[serde(default)]
     pub max_steps: Option<u64>,
+    /// Weights of task losses in the total (`{ ITM = 5.0 }`); unlisted tasks weigh 1, as
+    /// LXMERT. A weight of a task the stage does not run (after `--without`) has no effect.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub loss_weights: BTreeMap<String, f64>,
 }
 
 /// The `[pretrain]` table of a preset.
@@ -237,6 +274,7 @@ impl PretrainPreset {
             warmup: None,
             max_len: None,
             max_steps: None,
+            loss_weights: BTreeMap::new(),
         };
         Self {
             lr: 1e-5,
@@ -293,7 +331,7 @@ impl PretrainPreset {
     }
 
     /// The stages of `schedule`, with `without` removed from every task set. A joint stage
-    /// takes epochs, learning rate and warm-up of its last source (the sentence stage for
+    /// takes epochs, learning rate, warm-up and loss weights of its last source (the sentence stage for
     /// `T+P+S`) and each source's own batch size and tasks.
     pub fn stages(&self, schedule: &Schedule, without: &[Task]) -> Result<Vec<StageConfig>> {
         let clip = self.grad_clip.filter(|c| *c > 0.0);
@@ -313,6 +351,7 @@ impl PretrainPreset {
                 grad_clip: clip,
                 accumulation: self.accumulation,
                 max_steps,
+                loss_weights: last.loss_weights.clone(),
             })
         };
         match schedule {
@@ -363,6 +402,7 @@ impl PretrainPreset {
             if s.epochs == 0 || s.batch_size == 0 {
                 return bad(n, "epochs and batch_size must be ≥ 1");
             }
+            parse_loss_weights(&s.loss_weights, n)?;
         }
         Ok(())
     }
@@ -687,6 +727,27 @@ sentence = { epochs = 1, batch_size = 8, max_steps = 3 }
                 if message.contains("model.initializer_range")),
             "{e:?}"
         );
+        // Loss weights by task name, per stage; errors name the stage's key.
+        let weighted = good.replace(
+            "max_steps = 3 }",
+            "loss_weights = { ITM = 5.0, MOC = 0.5 } }",
+        );
+        let p = Preset::from_toml_str(&weighted, Path::new("p.toml")).unwrap();
+        let stages = p.pretrain.stages(&"T,P,S".parse().unwrap(), &[]).unwrap();
+        assert!(stages[0].loss_config().unwrap().weights.is_empty());
+        assert_eq!(
+            stages[2].loss_config().unwrap().weights,
+            [(Task::Itm, 5.0), (Task::Moc, 0.5)].into()
+        );
+        for (weights, what) in [("{ ITN = 5.0 }", "ITN"), ("{ ITM = -1.0 }", "ITM")] {
+            let bad = good.replace("max_steps = 3 }", &format!("loss_weights = {weights} }}"));
+            let e = Preset::from_toml_str(&bad, Path::new("p.toml"));
+            assert!(
+                matches!(&e, Err(CurriculumError::Toml { message, .. })
+                    if message.contains("pretrain.sentence.loss_weights") && message.contains(what)),
+                "{e:?}"
+            );
+        }
         let bad = good.replace("x_layers = 2", "x_layers = 2\nlayers = 3");
         let e = Preset::from_toml_str(&bad, Path::new("p.toml"));
         assert!(

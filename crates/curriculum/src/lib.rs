@@ -4,7 +4,8 @@
 //!
 //! - [`TextSource`], [`Schedule`], [`StageConfig`]: a stage is a text source (region labels
 //!   T, verb-free VG phrases P, captions S) with a task set, epochs, batch size, learning
-//!   rate and warm-up; a schedule is an ordered list (`T,P,S`, `P,S`, `S,P,T` …) or the
+//!   rate, warm-up and optional loss weights (`loss_weights = { ITM = 5.0 }`; every task
+//!   weighs 1 otherwise, as LXMERT); a schedule is an ordered list (`T,P,S`, `P,S`, `S,P,T` …) or the
 //!   joint mix `T+P+S`. [`Preset`] reads the `[model]` and `[pretrain]` tables of
 //!   `data/presets/<name>.toml` (unknown keys refused).
 //! - [`Optimizer`]: LXMERT's BertAdam (no bias correction, ε 1e-6, decoupled weight decay
@@ -32,7 +33,7 @@
 //!
 //! Choices where the paper is silent: each stage starts a fresh optimiser and schedule from
 //! the previous stage's full checkpoint (LXMERT's `--load`); a joint stage takes the epochs,
-//! learning rate and warm-up of its last source and each source's own batch size and tasks,
+//! learning rate, warm-up and loss weights of its last source and each source's own batch size and tasks,
 //! and each of its batches comes from one source; the last, smaller batch of an epoch is
 //! kept; the learning rate factor is evaluated before the update counter increments for
 //! both optimisers (so the first update has lr 0 with warm-up, as LXMERT); a variable with

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use candle_core::Device;
 use msp_model::{LoadOptions, Lxmert};
-use msp_tasks::{compute_losses, BatchBuilder, BuilderConfig, Example, LossConfig, RngState};
+use msp_tasks::{compute_losses, BatchBuilder, BuilderConfig, Example, RngState};
 use serde::{Deserialize, Serialize};
 
 use crate::config::{Preset, Schedule, StageConfig, TextSource};
@@ -408,7 +408,7 @@ pub fn pretrain(
             return Ok(RunOutcome::Stopped);
         }
 
-        let loss_cfg = LossConfig::default();
+        let loss_cfg = st.loss_config()?;
         let log_every = cfg.pretrain.log_every;
         let ckpt_every = cfg.pretrain.checkpoint_every;
         let workers = cfg.pretrain.workers;

@@ -17,7 +17,7 @@ use crate::task::Task;
 use crate::topic::topic_loss;
 
 /// Loss options.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LossConfig {
     /// MRFR regression loss.
     pub feat_loss: FeatLoss,
@@ -25,6 +25,10 @@ pub struct LossConfig {
     pub moc_regions: MocRegions,
     /// Scale of the visual losses (MRFR, MOC): 1 / 0.15.
     pub visual_normalizer: f64,
+    /// Weight of a task's loss in the total; a task not listed weighs 1 (LXMERT sums the
+    /// losses unweighted). Weights of tasks outside the batch's set have no effect.
+    #[serde(default)]
+    pub weights: BTreeMap<Task, f64>,
 }
 
 impl Default for LossConfig {
@@ -33,6 +37,7 @@ impl Default for LossConfig {
             feat_loss: FeatLoss::SmoothL1,
             moc_regions: MocRegions::All,
             visual_normalizer: VISUAL_LOSS_NORMALIZER,
+            weights: BTreeMap::new(),
         }
     }
 }
@@ -48,12 +53,13 @@ pub struct TaskLoss {
     pub accuracy: Option<f32>,
 }
 
-/// Per-task losses and their sum (weight 1 each, as LXMERT).
+/// Per-task losses and their weighted sum (weight 1 each unless
+/// [`LossConfig::weights`] says otherwise, as LXMERT).
 #[derive(Debug, Clone)]
 pub struct TaskLosses {
-    /// Loss and accuracy of each task of the batch's set.
+    /// Loss and accuracy of each task of the batch's set (unweighted).
     pub per_task: BTreeMap<Task, TaskLoss>,
-    /// Sum of the per-task losses.
+    /// Sum of the per-task losses, each times its weight.
     pub total: Tensor,
 }
 
@@ -219,8 +225,11 @@ pub fn compute_losses(
         );
     }
     let mut total = zero(&dev)?;
-    for l in per_task.values() {
-        total = (total + &l.loss)?;
+    for (t, l) in &per_task {
+        total = match cfg.weights.get(t) {
+            Some(&w) if w != 1.0 => (total + (&l.loss * w)?)?,
+            _ => (total + &l.loss)?,
+        };
     }
     Ok(TaskLosses { per_task, total })
 }

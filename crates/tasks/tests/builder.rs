@@ -419,6 +419,24 @@ fn losses_on_a_real_forward() {
     }
     let total: f32 = losses.total.to_scalar().unwrap();
     assert!((f64::from(total) - sum).abs() < 1e-4 * sum.max(1.0));
+    // Weights scale their task's term of the total only (ITM-HS is not in the set: no
+    // effect); the per-task values stay unweighted.
+    let weighted = LossConfig {
+        weights: [(Task::Itm, 5.0), (Task::Moc, 0.5), (Task::ItmHs, 9.0)].into(),
+        ..LossConfig::default()
+    };
+    let wl = compute_losses(m, &out, &b, &weighted).unwrap();
+    let v = |t: Task| f64::from(losses.per_task[&t].loss.to_scalar::<f32>().unwrap());
+    let want = sum + 4.0 * v(Task::Itm) - 0.5 * v(Task::Moc);
+    let got_total = f64::from(wl.total.to_scalar::<f32>().unwrap());
+    assert!(
+        (got_total - want).abs() < 1e-4 * want.max(1.0),
+        "{got_total} vs {want}"
+    );
+    assert_eq!(
+        wl.per_task[&Task::Itm].loss.to_scalar::<f32>().unwrap(),
+        losses.per_task[&Task::Itm].loss.to_scalar::<f32>().unwrap()
+    );
     assert!(losses.per_task[&Task::Mrfr].accuracy.is_none());
     let acc = losses.per_task[&Task::Itm].accuracy.unwrap();
     assert!((0.0..=1.0).contains(&acc));
