@@ -235,3 +235,38 @@ fn missing_text_source_fails_only_the_stage_that_needs_it() {
         Err(CurriculumError::Data { reason, .. }) if reason.contains("phrase")
     ));
 }
+
+#[test]
+fn stage_loss_weights_make_the_logged_total() {
+    let tmp = tempfile::tempdir().unwrap();
+    let w = world(tmp.path());
+    let mut preset = Preset::load(&presets(), "smoke").unwrap();
+    preset.pretrain.sentence.max_steps = Some(2);
+    preset.pretrain.sentence.loss_weights = [
+        ("MLM".to_string(), 2.0),
+        ("MRFR".to_string(), 0.0),
+        ("MOC".to_string(), 0.0),
+        ("TITS".to_string(), 0.0),
+        ("ITM-HS".to_string(), 3.0),
+    ]
+    .into();
+    let data = PretrainData::open(w.dir(), preset.pretrain.phrase_max_words).unwrap();
+    let cfg = resolve_config("smoke", &preset, &"S".parse().unwrap(), &[], 5, &data).unwrap();
+    let run = RunDir::new(tmp.path().join("run"));
+    pretrain(&cfg, &data, &run, &candle_core::Device::Cpu, &mut |_| {
+        ControlFlow::Continue(())
+    })
+    .unwrap();
+    let lines = run.read_metrics().unwrap();
+    assert_eq!(lines.len(), 2);
+    for l in &lines {
+        let v = |k: &str| {
+            l[k].as_f64()
+                .unwrap_or_else(|| panic!("{k} missing in {l}"))
+        };
+        // The per-task values stay unweighted; the total is 2·MLM + 3·ITM-HS.
+        assert!(v("loss.MOC") > 0.0);
+        let want = 2.0 * v("loss.MLM") + 3.0 * v("loss.ITM-HS");
+        assert!((v("loss.total") - want).abs() < 1e-4 * want, "{l}");
+    }
+}
