@@ -331,8 +331,8 @@ impl PretrainPreset {
     }
 
     /// The stages of `schedule`, with `without` removed from every task set. A joint stage
-    /// takes epochs, learning rate, warm-up and loss weights of its last source (the sentence stage for
-    /// `T+P+S`) and each source's own batch size and tasks.
+    /// takes epochs, learning rate, warm-up and loss weights of its last source (the sentence
+    /// stage for `T+P+S`) and each source's own batch size and tasks.
     pub fn stages(&self, schedule: &Schedule, without: &[Task]) -> Result<Vec<StageConfig>> {
         let clip = self.grad_clip.filter(|c| *c > 0.0);
         let make = |name: String, srcs: &[TextSource]| -> Result<StageConfig> {

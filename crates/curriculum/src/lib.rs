@@ -2,10 +2,10 @@
 //! Models"): stages, schedules, the resumable pre-training loop of LXMERT-S, its optimisers,
 //! checkpoints, metrics log and loss plots.
 //!
-//! - [`TextSource`], [`Schedule`], [`StageConfig`]: a stage is a text source (region labels
-//!   T, verb-free VG phrases P, captions S) with a task set, epochs, batch size, learning
-//!   rate, warm-up and optional loss weights (`loss_weights = { ITM = 5.0 }`; every task
-//!   weighs 1 otherwise, as LXMERT); a schedule is an ordered list (`T,P,S`, `P,S`, `S,P,T` …) or the
+//! - [`TextSource`], [`Schedule`], [`StageConfig`]: a stage is a text source (region labels T,
+//!   verb-free VG phrases P, captions S) with a task set, epochs, batch size, learning rate,
+//!   warm-up and optional loss weights (`loss_weights = { ITM = 5.0 }`; every task weighs 1
+//!   otherwise, as LXMERT); a schedule is an ordered list (`T,P,S`, `P,S`, `S,P,T` …) or the
 //!   joint mix `T+P+S`. [`Preset`] reads the `[model]` and `[pretrain]` tables of
 //!   `data/presets/<name>.toml` (unknown keys refused).
 //! - [`Optimizer`]: LXMERT's BertAdam (no bias correction, ε 1e-6, decoupled weight decay
@@ -31,15 +31,15 @@
 //! `checkpoint_every` updates, and at the end of each stage); stages with a `done` marker
 //! are never redone; a run directory of another configuration is refused.
 //!
-//! Choices where the paper is silent: each stage starts a fresh optimiser and schedule from
-//! the previous stage's full checkpoint (LXMERT's `--load`); a joint stage takes the epochs,
-//! learning rate, warm-up and loss weights of its last source and each source's own batch size and tasks,
-//! and each of its batches comes from one source; the last, smaller batch of an epoch is
-//! kept; the learning rate factor is evaluated before the update counter increments for
-//! both optimisers (so the first update has lr 0 with warm-up, as LXMERT); a variable with
-//! no gradient in a stage (a head the stage does not train) is not updated, not even by
-//! weight decay (PyTorch skips `grad is None`); dropout's RNG is not part of the saved
-//! state, so a resumed run is statistically, not bitwise, identical to an uninterrupted one.
+//! Choices where the paper is silent: each stage starts a fresh optimiser and schedule from the
+//! previous stage's full checkpoint (LXMERT's `--load`); a joint stage takes the epochs,
+//! learning rate, warm-up and loss weights of its last source and each source's own batch size
+//! and tasks, and each of its batches comes from one source; the last, smaller batch of an
+//! epoch is kept; the learning rate factor is evaluated before the update counter increments
+//! for both optimisers (so the first update has lr 0 with warm-up, as LXMERT); a variable with
+//! no gradient in a stage (a head the stage does not train) is not updated, not even by weight
+//! decay (PyTorch skips `grad is None`); dropout's RNG is not part of the saved state, so a
+//! resumed run is statistically, not bitwise, identical to an uninterrupted one.
 //!
 //! ```
 //! use msp_curriculum::{LinearWarmupDecay, PretrainPreset, Schedule, TextSource};
