@@ -164,7 +164,9 @@ fn logits(
     let images: Vec<ImageRef> = batch.iter().map(|e| e.image).collect();
     let t = text_batch(&texts, device)?;
     let r = data.regions(&images, device)?;
-    let out = model.model().forward_t(&model_inputs(&t, &r), train)?;
+    let out = model
+        .model()
+        .forward_pooled_t(&model_inputs(&t, &r), train)?;
     Ok(head.forward(&out.pooled_output)?)
 }
 

@@ -190,7 +190,9 @@ pub fn evaluate(
             let texts: Vec<&Encoding> = chunk.iter().map(|c| c.0).collect();
             let t = text_batch(&texts, device)?;
             let r = regions.repeat_each(chunk.len())?;
-            let out = model.model().forward_t(&model_inputs(&t, &r), false)?;
+            let out = model
+                .model()
+                .forward_pooled_t(&model_inputs(&t, &r), false)?;
             let p = softmax_last_dim(&head.forward(&out.pooled_output)?)?
                 .narrow(1, 1, 1)?
                 .flatten_all()?
@@ -322,7 +324,9 @@ pub fn finetune_retrieval(
         }
         let t = text_batch(&texts, device)?;
         let r = data.regions(&images, device)?;
-        let out = model.model().forward_t(&model_inputs(&t, &r), true)?;
+        let out = model
+            .model()
+            .forward_pooled_t(&model_inputs(&t, &r), true)?;
         let logits = head.forward(&out.pooled_output)?;
         let labels = Tensor::from_vec(labels, texts.len(), device)?;
         Ok(cross_entropy(&logits, &labels)?.affine(2.0, 0.0)?)

@@ -4,7 +4,7 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use crate::config::{Config, Variant};
-use crate::lxmert::{LxmertInputs, LxmertModel, LxmertOutput};
+use crate::lxmert::{LxmertInputs, LxmertModel, LxmertOutput, LxmertPooled};
 use crate::nn::{gelu, DropoutRng, LayerNorm, Linear};
 
 /// `LxmertPredictionHeadTransform`: dense → GELU → LayerNorm (`transform.{dense,LayerNorm}`).
@@ -318,6 +318,15 @@ impl LxmertForPreTraining {
     /// Runs the backbone.
     pub fn forward_t(&self, inputs: &LxmertInputs<'_>, train: bool) -> crate::Result<LxmertOutput> {
         self.lxmert.forward_t(inputs, train)
+    }
+
+    /// The backbone's pooled output alone ([`LxmertModel::forward_pooled_t`]).
+    pub fn forward_pooled_t(
+        &self,
+        inputs: &LxmertInputs<'_>,
+        train: bool,
+    ) -> crate::Result<LxmertPooled> {
+        self.lxmert.forward_pooled_t(inputs, train)
     }
 
     /// The region part of the vision output (drops the visual \[CLS\] for LXMERT-S).

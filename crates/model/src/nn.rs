@@ -189,9 +189,57 @@ impl Dropout {
         Ok(Some((0..n).map(|_| rng.random::<f32>() >= p).collect()))
     }
 
+    /// The keep flags of the first `rows.kept` of `rows.of` rows of a `[outer, rows.of,
+    /// inner]` tensor: drawn as [`Self::keep_flags`] draws them for the whole tensor, then
+    /// those of the other rows dropped. A forward that computes only the first rows thus
+    /// applies the masks the full forward applies to them, and leaves the stream where the
+    /// full forward leaves it.
+    pub fn keep_flags_rows(
+        &self,
+        outer: usize,
+        rows: Rows,
+        inner: usize,
+        train: bool,
+    ) -> Result<Option<Vec<bool>>> {
+        let flags = self.keep_flags(outer * rows.of * inner, train)?;
+        Ok(flags.map(|f| {
+            if rows.kept == rows.of {
+                return f;
+            }
+            f.chunks(rows.of * inner)
+                .flat_map(|c| c[..rows.kept * inner].iter().copied())
+                .collect()
+        }))
+    }
+
     /// The factor for kept elements, `1 / (1 − p)`.
     pub fn keep_scale(&self) -> f32 {
         1.0 / (1.0 - self.p as f32)
+    }
+}
+
+/// Which rows along the sequence dimension a layer computes: the first `kept` of `of`.
+/// Dropout draws its masks for all `of` (see [`Dropout::keep_flags_rows`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rows {
+    /// Rows computed (a prefix of the sequence).
+    pub kept: usize,
+    /// Rows of the full sequence.
+    pub of: usize,
+}
+
+impl Rows {
+    /// Every row of a sequence of `n`.
+    pub fn all(n: usize) -> Self {
+        Self { kept: n, of: n }
+    }
+
+    /// The first `kept` rows of a sequence of `of` (`kept ≤ of`).
+    pub fn first(kept: usize, of: usize) -> Self {
+        Self {
+            kept: kept.min(of),
+            of,
+        }
     }
 }
 
@@ -341,6 +389,27 @@ mod tests {
         for (a, b) in y.iter().zip([-1.5 / s, -0.5 / s, 0.5 / s, 1.5 / s]) {
             assert!((a - b).abs() < 1e-6);
         }
+    }
+
+    #[test]
+    fn row_flags_are_the_full_flags_of_those_rows() {
+        let draw = |rows: Rows| {
+            let d = Dropout::new(0.5, &DropoutRng::new(3));
+            let flags = d.keep_flags_rows(2, rows, 2, true).unwrap().unwrap();
+            // The stream continues where the full draw of 2 · 3 · 2 flags leaves it.
+            (flags, d.keep_flags(4, true).unwrap().unwrap())
+        };
+        let (full, next_full) = draw(Rows::all(3));
+        let (first, next_first) = draw(Rows::first(1, 3));
+        assert_eq!(full.len(), 12);
+        // [outer 2, rows 3, inner 2]: row 0 of each outer block is flags 0–1 and 6–7.
+        assert_eq!(first, [full[0], full[1], full[6], full[7]]);
+        assert_eq!(next_first, next_full);
+        let off = Dropout::new(0.5, &DropoutRng::new(3));
+        assert!(off
+            .keep_flags_rows(2, Rows::first(1, 3), 2, false)
+            .unwrap()
+            .is_none());
     }
 
     #[test]

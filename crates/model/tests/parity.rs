@@ -1,6 +1,7 @@
 //! Parity with HF transformers (`LxmertForPreTraining`) and with an independent PyTorch
 //! LXMERT-S reference, on fixtures made by `tests/data/make_parity.py` (outputs of the backbone
-//! and of every pre-training head, and the gradient of every parameter for a fixed loss).
+//! and of every pre-training head, and the gradient of every parameter for a fixed loss; the
+//! pooled-only forward's output).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -100,6 +101,10 @@ fn check(prefix: &str, variant: Variant, opts: LoadOptions) -> (f32, f32, usize)
         visual_permutation: None,
     };
     let out = model.model().forward_t(&inputs, false).unwrap();
+    // The pooled-only forward (last cross layer on the pooled rows) against the reference too.
+    let pooled = model.model().forward_pooled_t(&inputs, false).unwrap();
+    let e = max_err(&pooled.pooled_output, &io["pooled_output"]);
+    assert!(e < TOL, "{prefix}: pooled-only forward differs by {e}");
     let outs = head_outputs(&model, &out);
     let mut out_err = 0f32;
     let mut loss: Option<Tensor> = None;

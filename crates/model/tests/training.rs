@@ -206,3 +206,110 @@ fn gate_visual_heads_off_feeds_the_decoders_the_ungated_transform() {
             .unwrap())
     );
 }
+
+/// Largest |a − b| over two tensors of the same shape.
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    assert_eq!(a.dims(), b.dims());
+    a.sub(b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar()
+        .unwrap()
+}
+
+/// `forward_pooled_t` (the last cross layer on the pooled rows only) against the full forward
+/// (itself checked against PyTorch in `parity.rs`), with dropout on, padded tokens and
+/// regions: the same pooled output and pooler factors, the same gradient for every variable
+/// (none where the full forward gives none), and the dropout stream left where the full
+/// forward leaves it (the second forward of each pair draws the same masks).
+#[test]
+fn pooled_forward_equals_the_full_forward() {
+    let dev = Device::Cpu;
+    for variant in [Variant::Lxmert, Variant::LxmertS] {
+        let cfg = Config::tiny();
+        let model = Lxmert::new(&cfg, variant, 5, &dev).unwrap();
+        let batch = SyntheticBatch::new(&cfg, 3, 6, 5, 9, &dev).unwrap();
+        let lang_mask = Tensor::new(
+            &[
+                [1u32, 1, 1, 1, 1, 1],
+                [1, 1, 1, 1, 0, 0],
+                [1, 1, 1, 1, 1, 0],
+            ],
+            &dev,
+        )
+        .unwrap();
+        let visn_mask = Tensor::new(
+            &[[1u32, 1, 1, 1, 1], [1, 1, 1, 1, 1], [1, 1, 1, 0, 0]],
+            &dev,
+        )
+        .unwrap();
+        let inputs = msp_model::LxmertInputs {
+            attention_mask: Some(&lang_mask),
+            visual_attention_mask: Some(&visn_mask),
+            ..batch.inputs()
+        };
+        let weights = Tensor::randn(0f32, 1.0, (3, cfg.hidden_size), &dev).unwrap();
+        let m = model.model();
+        for train in [false, true] {
+            model.reseed_dropout(7);
+            let full: Vec<_> = (0..2)
+                .map(|_| m.forward_t(&inputs, train).unwrap())
+                .collect();
+            model.reseed_dropout(7);
+            let pooled: Vec<_> = (0..2)
+                .map(|_| m.forward_pooled_t(&inputs, train).unwrap())
+                .collect();
+            for (f, p) in full.iter().zip(&pooled) {
+                let d = max_abs_diff(&f.pooled_output, &p.pooled_output);
+                assert!(
+                    d < 1e-5,
+                    "{variant} train={train}: pooled output differs by {d}"
+                );
+                match (&f.pooler_factors, &p.pooler_factors) {
+                    (Some((ft, fv)), Some((pt, pv))) => {
+                        assert!(max_abs_diff(ft, pt) < 1e-5 && max_abs_diff(fv, pv) < 1e-5);
+                    }
+                    (None, None) => assert_eq!(variant, Variant::Lxmert),
+                    _ => panic!("{variant}: pooler factors on one side only"),
+                }
+            }
+            if train {
+                // Dropout is on: the two forwards of a pair drew different masks.
+                let d = max_abs_diff(&full[0].pooled_output, &full[1].pooled_output);
+                assert!(d > 1e-3, "{variant}: dropout changed nothing ({d})");
+            }
+            let loss = |t: &Tensor| t.mul(&weights).unwrap().sum_all().unwrap();
+            let gf = loss(&full[0].pooled_output).backward().unwrap();
+            let gp = loss(&pooled[0].pooled_output).backward().unwrap();
+            let mut with_grad = 0;
+            for (name, var) in model.named_vars() {
+                match (gf.get(&var), gp.get(&var)) {
+                    (Some(a), Some(b)) => {
+                        let zero = a.zeros_like().unwrap();
+                        let scale = max_abs_diff(a, &zero);
+                        let d = max_abs_diff(a, b);
+                        assert!(
+                            d <= 1e-5 * scale.max(1.0),
+                            "{variant} train={train}: gradient of {name} differs by {d}"
+                        );
+                        with_grad += 1;
+                    }
+                    (None, None) => {}
+                    (a, _) => panic!(
+                        "{variant}: {name} has a gradient in the {} forward only",
+                        if a.is_some() { "full" } else { "pooled" }
+                    ),
+                }
+            }
+            assert!(
+                with_grad > 50,
+                "{variant}: {with_grad} variables with a gradient"
+            );
+        }
+    }
+}
