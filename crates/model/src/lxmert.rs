@@ -795,7 +795,7 @@ impl LxmertModel {
     /// ([`LxmertEncoder::forward_first_rows_t`]). The same values as the full forward, and
     /// when training the same dropout masks. At the paper's sizes (20 tokens, 36 regions,
     /// 5 cross layers, LXMERT-S) it skips about 12% of the backbone's multiply-adds, at the
-    /// tiny preset's (20 tokens, 16 regions, 2 cross layers) about 29%.
+    /// tiny preset's (20 tokens, 16 regions, 2 cross layers) about 28%.
     pub fn forward_pooled_t(
         &self,
         inputs: &LxmertInputs<'_>,
