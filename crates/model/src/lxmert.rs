@@ -174,8 +174,7 @@ impl DenseResidualNorm {
 
     /// `LN(dropout(dense(x)) + residual)`.
     pub fn forward_t(&self, x: &Tensor, residual: &Tensor, train: bool) -> Result<Tensor> {
-        let rows = x.elem_count() / x.dim(candle_core::D::Minus1)?.max(1);
-        self.forward_rows_t(x, residual, Rows::all(rows), train)
+        self.forward_rows_t(x, residual, Rows::every(x)?, train)
     }
 
     /// [`Self::forward_t`] for `x [B, rows.kept, ·]`, the first rows of a sequence of
@@ -289,8 +288,7 @@ impl FeedForward {
 
     /// `LN(x + dropout(W2 gelu(W1 x)))`.
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let rows = x.elem_count() / x.dim(candle_core::D::Minus1)?.max(1);
-        self.forward_rows_t(x, Rows::all(rows), train)
+        self.forward_rows_t(x, Rows::every(x)?, train)
     }
 
     /// [`Self::forward_t`] for `x [B, rows.kept, H]`, the first rows of a sequence.

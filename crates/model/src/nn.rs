@@ -234,6 +234,13 @@ impl Rows {
         Self { kept: n, of: n }
     }
 
+    /// Every row of `x`, its elements grouped by the last dimension as one sequence.
+    pub fn every(x: &Tensor) -> Result<Self> {
+        Ok(Self::all(
+            x.elem_count() / x.dim(candle_core::D::Minus1)?.max(1),
+        ))
+    }
+
     /// The first `kept` rows of a sequence of `of` (`kept ≤ of`).
     pub fn first(kept: usize, of: usize) -> Self {
         Self {
