@@ -72,7 +72,8 @@ pub struct WorldConfig {
     pub annotators: usize,
     /// Probability an annotator gives the true answer.
     pub annotator_accuracy: f32,
-    /// NLVR2 statements per image of a split (pairs are drawn within the split).
+    /// NLVR2 examples (image pairs) per image of a split, drawn within the split. Each
+    /// statement is written for two pairs of opposite truth, so this is twice the statements.
     pub nlvr2_per_image: f32,
     /// Neighbours per image in the hard-negative pool (ViLBERT uses 100).
     pub hard_negatives: usize,

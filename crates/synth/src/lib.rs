@@ -13,7 +13,7 @@
 //! | Visual Genome region descriptions (train and val images) | `vg/region_descriptions.json` |
 //! | VQA (10 annotators, soft scores) with answer vocabulary | `vqa/{train,minival,test}.json`, `vqa/trainval_*.json` |
 //! | GQA (compositional, one answer) | `gqa/{train,valid,testdev}.json`, `gqa/trainval_*.json` |
-//! | NLVR2 (statements over image pairs, balanced) | `nlvr2/{train,valid,test}.json` |
+//! | NLVR2 (each statement over a true and a false image pair) | `nlvr2/{train,valid,test}.json` |
 //! | Flickr30k-style retrieval and hard negatives | `flickr30k/flickr30k_{train,test}2014.json`, `flickr30k/hard_negative.json` |
 //! | manifest: version, seed, knobs, sizes, SHA-256 of every file, baselines | `world.json` |
 //!
@@ -21,7 +21,10 @@
 //! `img_id` and NLVR2 `img0`/`img1` are that string, the COCO and VG `image_id` is that
 //! integer, COCO `file_name` and Flickr `img_path` are `"<id>.jpg"`. Images are split
 //! train / val / test by index; the retrieval test set is the first
-//! `retrieval_test_images` test images; NLVR2 pairs are drawn within a split.
+//! `retrieval_test_images` test images; NLVR2 pairs are drawn within a split, and as in NLVR2
+//! every sentence is written for image pairs of both truths (`train-K-0-0` true, `train-K-1-0`
+//! false, or the reverse; the second pair keeps one image of the first where it can), so a
+//! text-only model scores exactly 50 %.
 //!
 //! **Key design choice: every stage has something of its own to teach, as in real data.**
 //! Categories are strong directions in the features and the detector's object labels are

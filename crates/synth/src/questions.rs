@@ -910,6 +910,48 @@ pub(crate) struct Statement {
     pub(crate) label: bool,
 }
 
+/// Finds a second image pair, within `split` (indices into `scenes`), for which `claim` has
+/// the truth `want`, as NLVR2 writes each sentence for image pairs of both truths so the
+/// sentence alone does not tell its label. The first tries keep one image of `pair` and redraw
+/// the other (a minimal contrast); then every partner of either image is scanned from a random
+/// start; then 400 pairs are drawn at random. `None` when none of these has that truth.
+pub(crate) fn counterpart_pair(
+    rng: &mut Rng,
+    scenes: &[Scene],
+    split: &[usize],
+    claim: &Claim,
+    pair: (usize, usize),
+    want: bool,
+) -> Option<(usize, usize)> {
+    let fits = |a: usize, b: usize| a != b && claim.holds(&scenes[a], &scenes[b]) == want;
+    for t in 0..40 {
+        let other = split[rng.random_range(0..split.len())];
+        let cand = if t % 2 == 0 {
+            (pair.0, other)
+        } else {
+            (other, pair.1)
+        };
+        if fits(cand.0, cand.1) {
+            return Some(cand);
+        }
+    }
+    let start = rng.random_range(0..split.len());
+    let kept = (0..split.len())
+        .map(|i| split[(start + i) % split.len()])
+        .flat_map(|x| [(pair.0, x), (x, pair.1)])
+        .find(|&(a, b)| fits(a, b));
+    kept.or_else(|| {
+        (0..400)
+            .map(|_| {
+                (
+                    split[rng.random_range(0..split.len())],
+                    split[rng.random_range(0..split.len())],
+                )
+            })
+            .find(|&(a, b)| fits(a, b))
+    })
+}
+
 /// Draws one NLVR2 statement about (left, right) whose truth is `want`.
 pub(crate) fn statement(
     rng: &mut Rng,

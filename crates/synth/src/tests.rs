@@ -8,7 +8,8 @@ use crate::config::WorldConfig;
 use crate::detector::{detect, Source};
 use crate::lexicon::{plural, Lexicon, Super, ATTRIBUTES, CATEGORIES};
 use crate::questions::{
-    annotate, gqa_questions, pair_presence, presence, statement, vqa_questions, vqa_score,
+    annotate, counterpart_pair, gqa_questions, pair_presence, presence, statement, vqa_questions,
+    vqa_score,
 };
 use crate::rng::{rng_for, Stream};
 use crate::scene::{Scene, Spatial};
@@ -375,6 +376,44 @@ fn gqa_and_nlvr2() {
         }
     }
     assert!(labels[0] > 80 && labels[1] > 80, "{labels:?}");
+}
+
+#[test]
+fn counterpart_pairs_have_the_opposite_truth() {
+    let (c, lex, all) = scenes(120, 3);
+    let split: Vec<usize> = (0..120).collect();
+    let pairs: Vec<(&Scene, &Scene)> = (0..119).map(|i| (&all[i], &all[i + 1])).collect();
+    let pp = pair_presence(&lex, &pairs);
+    let (mut found, mut kept_one) = (0, 0);
+    for i in 0..119 {
+        let want = i % 2 == 0;
+        let mut rng = rng_for(3, Stream::Nlvr2, i as u64);
+        let Some(st) = statement(&mut rng, &c, &lex, &pp, &all[i], &all[i + 1], want) else {
+            continue;
+        };
+        let Some((a, b)) = counterpart_pair(&mut rng, &all, &split, &st.claim, (i, i + 1), !want)
+        else {
+            continue;
+        };
+        assert_ne!(a, b);
+        assert_ne!((a, b), (i, i + 1));
+        assert_eq!(st.claim.holds(&all[a], &all[b]), !want, "{}", st.sent);
+        found += 1;
+        kept_one += usize::from(a == i || b == i + 1);
+    }
+    // Almost every statement has a counterpart, mostly one image away from its pair.
+    assert!(found > 100, "{found} of 119");
+    assert!(kept_one * 10 > found * 9, "{kept_one} of {found}");
+    // A claim no pair can make true has none.
+    let absent = (0..lex.num_categories())
+        .find(|&cat| all.iter().all(|s| s.count(cat) == 0))
+        .expect("a category absent from every scene");
+    let both = crate::questions::Claim::Both { cat: absent };
+    let mut rng = rng_for(3, Stream::Nlvr2, 999);
+    assert_eq!(
+        counterpart_pair(&mut rng, &all, &split, &both, (0, 1), true),
+        None
+    );
 }
 
 #[test]

@@ -25,7 +25,8 @@ use crate::detector::{detect, DetectorMap, Region};
 use crate::error::{io_err, SynthError};
 use crate::lexicon::Lexicon;
 use crate::questions::{
-    annotate, gqa_questions, pair_presence, presence, statement, vqa_questions, Question,
+    annotate, counterpart_pair, gqa_questions, pair_presence, presence, statement, vqa_questions,
+    Question,
 };
 use crate::rng::{rng_for, Stream};
 use crate::scene::{Scene, Spatial};
@@ -33,7 +34,7 @@ use crate::text::{caption, phrases, Fact};
 
 /// Version of the generator; part of the identity of a world (a change of the generator
 /// that changes output must bump it).
-pub const GENERATOR_VERSION: &str = "msp-synth/2";
+pub const GENERATOR_VERSION: &str = "msp-synth/3";
 
 /// Name of the manifest file inside a world directory.
 pub const MANIFEST_FILE: &str = "world.json";
@@ -750,7 +751,8 @@ fn write_world(
     )?;
     sizes.insert("gqa/answers".into(), gqa_vocab.len());
 
-    // NLVR2.
+    // NLVR2: each statement is written for two image pairs of opposite truth (NLVR2 pairs
+    // every sentence with images that make it true and false), so its text alone says nothing.
     let lex_ref = &lex;
     let mut nlvr2_sets: Vec<(Vec<Nlvr2Example>, Vec<StatementMeta>)> = Vec::new();
     let split_names = ["train", "dev", "test"];
@@ -758,7 +760,7 @@ fn write_world(
         let range: Vec<usize> = split_range(cfg, s).collect();
         let count = (range.len() as f32 * cfg.nlvr2_per_image).round() as usize;
         let mut pair_rng = rng_for(spec.seed, Stream::Pairs, s as u64);
-        let pairs: Vec<(usize, usize, bool)> = (0..count)
+        let pairs: Vec<(usize, usize, bool)> = (0..count.div_ceil(2))
             .map(|_| {
                 let a = range[pair_rng.random_range(0..range.len())];
                 let cats = gen.scenes[a].categories();
@@ -790,12 +792,13 @@ fn write_world(
             .collect();
         let pair_prior = pair_presence(&lex, &scene_pairs);
         let base = s as u64 * 10_000_000;
-        let stmts: Vec<Option<crate::questions::Statement>> = pairs
+        let range_ref = &range;
+        let stmts: Vec<Option<(crate::questions::Statement, (usize, usize))>> = pairs
             .par_iter()
             .enumerate()
             .map(|(k, &(a, b, want))| {
                 let mut rng = rng_for(spec.seed, Stream::Nlvr2, base + k as u64);
-                statement(
+                let st = statement(
                     &mut rng,
                     cfg,
                     lex_ref,
@@ -803,23 +806,28 @@ fn write_world(
                     &gen.scenes[a],
                     &gen.scenes[b],
                     want,
-                )
+                )?;
+                let other =
+                    counterpart_pair(&mut rng, &gen.scenes, range_ref, &st.claim, (a, b), !want)?;
+                Some((st, other))
             })
             .collect();
         let mut examples = Vec::new();
         let mut templates = Vec::new();
-        for ((a, b, _), st) in pairs.iter().zip(stmts) {
-            let Some(st) = st else { continue };
-            let k = examples.len();
-            examples.push(Nlvr2Example {
-                identifier: format!("{}-{k}-0-0", split_names[s]),
-                img0: image_id(*a),
-                img1: image_id(*b),
-                sent: st.sent,
-                label: u8::from(st.label),
-                uid: format!("nlvr2_{}_{k}", split_names[s]),
-            });
-            templates.push((st.template, st.claim, *a, *b));
+        for ((a, b, _), found) in pairs.iter().zip(stmts) {
+            let Some((st, (c, d))) = found else { continue };
+            let k = templates.len() / 2;
+            for (p, (x, y), label) in [(0, (*a, *b), st.label), (1, (c, d), !st.label)] {
+                examples.push(Nlvr2Example {
+                    identifier: format!("{}-{k}-{p}-0", split_names[s]),
+                    img0: image_id(x),
+                    img1: image_id(y),
+                    sent: st.sent.clone(),
+                    label: u8::from(label),
+                    uid: format!("nlvr2_{}_{}", split_names[s], examples.len()),
+                });
+                templates.push((st.template, st.claim, x, y));
+            }
         }
         sizes.insert(path.trim_end_matches(".json").to_string(), examples.len());
         write_nlvr2(root.join(path), &examples)?;

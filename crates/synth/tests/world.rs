@@ -321,12 +321,31 @@ fn downstream_sets_read_back() {
 
     let train_ids: HashSet<String> = (0..32).map(msp_synth::image_id).collect();
     let n = read_nlvr2(w.path(layout::NLVR2[0])).expect("nlvr2");
-    assert_eq!(n.len(), 32 * 4);
+    // 64 statements drawn, each written for two pairs; the few with no counterpart are dropped.
+    assert!((100..=128).contains(&n.len()), "{} examples", n.len());
+    assert_eq!(n.len() % 2, 0);
     assert!(n
         .iter()
         .all(|e| train_ids.contains(&e.img0) && train_ids.contains(&e.img1) && e.img0 != e.img1));
-    let trues = n.iter().filter(|e| e.label == 1).count();
-    assert!((44..=84).contains(&trues), "{trues} of 128 true");
+    // NLVR2's design: every sentence comes with a true and a false image pair (identifiers
+    // `train-K-0-0` and `train-K-1-0`), so the sentence alone does not tell the label.
+    for (k, two) in n.chunks(2).enumerate() {
+        assert_eq!(two[0].identifier, format!("train-{k}-0-0"));
+        assert_eq!(two[1].identifier, format!("train-{k}-1-0"));
+        assert_eq!(two[0].sent, two[1].sent);
+        assert_ne!(two[0].label, two[1].label, "{}", two[0].sent);
+        assert_ne!((&two[0].img0, &two[0].img1), (&two[1].img0, &two[1].img1));
+    }
+    let by_sentence = n
+        .iter()
+        .fold(BTreeMap::<&str, [usize; 2]>::new(), |mut m, e| {
+            m.entry(e.sent.as_str()).or_default()[usize::from(e.label)] += 1;
+            m
+        });
+    assert!(
+        by_sentence.values().all(|c| c[0] == c[1]),
+        "{by_sentence:?}"
+    );
 
     let ft = read_flickr30k(w.path(layout::FLICKR_TRAIN)).expect("flickr train");
     let fte = read_flickr30k(w.path(layout::FLICKR_TEST)).expect("flickr test");
@@ -371,6 +390,11 @@ fn answers_need_the_image() {
     }
     assert!(find("vqa", "minival", "vqa soft score").oracle > 0.9);
     assert!(find("nlvr2", "valid", "accuracy").oracle == 1.0);
+    // Each sentence is in a split once true and once false, so any answer that depends on the
+    // text alone is right on exactly half.
+    for split in ["valid", "test"] {
+        assert_eq!(find("nlvr2", split, "accuracy").text_only, 0.5, "{split}");
+    }
 }
 
 #[test]
