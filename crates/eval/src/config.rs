@@ -24,6 +24,9 @@ pub struct TaskSchedule {
     /// Use only this many training examples (a seeded subset), to fit a time budget.
     #[serde(default)]
     pub max_train: Option<usize>,
+    /// σ of this task's new head (default: the table's `head_init_std`).
+    #[serde(default)]
+    pub head_init_std: Option<f64>,
 }
 
 impl TaskSchedule {
@@ -33,6 +36,7 @@ impl TaskSchedule {
             batch_size: None,
             lr: None,
             max_train: None,
+            head_init_std: None,
         }
     }
 }
@@ -79,7 +83,8 @@ pub struct FinetuneConfig {
     #[serde(default)]
     pub retrieval_test_images: Option<usize>,
     /// σ of the N(0, σ) init of the new answer and NLVR2 heads (default: the model's
-    /// `initializer_range`, 0.02 as LXMERT), and of a fresh retrieval head.
+    /// `initializer_range`, 0.02 as LXMERT), and of a fresh retrieval head; a task's own
+    /// `head_init_std` overrides it.
     #[serde(default)]
     pub head_init_std: Option<f64>,
     /// `itm` (default): the retrieval head starts from the pre-trained ITM head; `fresh`: a
@@ -114,11 +119,14 @@ impl FinetuneConfig {
         }
     }
 
-    /// The model config that new task heads are built with: `model`'s, with the
-    /// initializer range replaced by `head_init_std` when set.
-    pub fn head_config(&self, model: &msp_model::Config) -> msp_model::Config {
+    /// The model config that the new heads of `task` are built with: `model`'s, with the
+    /// initializer range replaced by the task's `head_init_std`, else the table's, when set.
+    pub fn head_config(&self, model: &msp_model::Config, task: &TaskSchedule) -> msp_model::Config {
         msp_model::Config {
-            initializer_range: self.head_init_std.unwrap_or(model.initializer_range),
+            initializer_range: task
+                .head_init_std
+                .or(self.head_init_std)
+                .unwrap_or(model.initializer_range),
             ..model.clone()
         }
     }
@@ -168,6 +176,12 @@ impl FinetuneConfig {
             }
             if t.lr.is_some_and(|lr| !(lr > 0.0 && lr.is_finite())) {
                 return bad(&format!("{name}.lr"), "must be a positive number".into());
+            }
+            if t.head_init_std.is_some_and(|s| !(s > 0.0 && s.is_finite())) {
+                return bad(
+                    &format!("{name}.head_init_std"),
+                    "must be a positive number".into(),
+                );
             }
         }
         if self
@@ -281,10 +295,12 @@ retrieval = { epochs = 8 }
             ..msp_model::Config::default()
         };
         let mut c = FinetuneConfig::paper();
-        assert_eq!(c.head_config(&model), model);
+        assert_eq!(c.head_config(&model, &c.vqa), model);
         c.head_init_std = Some(0.05);
+        c.nlvr2.head_init_std = Some(0.3);
         c.validate()?;
-        let h = c.head_config(&model);
+        assert_eq!(c.head_config(&model, &c.nlvr2).initializer_range, 0.3);
+        let h = c.head_config(&model, &c.vqa);
         assert_eq!((h.initializer_range, h.hidden_size), (0.05, 128));
         assert_eq!(
             msp_model::Config {
@@ -294,6 +310,10 @@ retrieval = { epochs = 8 }
             model
         );
         for bad in [0.0, -0.1, f64::NAN] {
+            c.nlvr2.head_init_std = Some(bad);
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains("finetune.nlvr2.head_init_std"), "{e}");
+            c.nlvr2.head_init_std = None;
             c.head_init_std = Some(bad);
             let e = c.validate().unwrap_err().to_string();
             assert!(e.contains("finetune.head_init_std"), "{e}");

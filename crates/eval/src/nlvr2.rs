@@ -156,7 +156,7 @@ pub fn finetune_nlvr2(
 ) -> Result<Nlvr2Result> {
     let head = Nlvr2Head::load(
         model.var_builder().pp("nlvr2_head"),
-        &cfg.head_config(model.config()),
+        &cfg.head_config(model.config(), &cfg.nlvr2),
     )?;
     let examples = training_subset(nlvr2.train.len(), cfg.nlvr2.max_train, seed);
     let mut loss = |idx: &[usize], _: &mut rand_chacha::ChaCha8Rng| -> Result<Tensor> {

@@ -231,7 +231,7 @@ pub fn finetune_qa(
     };
     let head = AnswerHead::load(
         model.var_builder().pp(format!("{name}_head")),
-        &cfg.head_config(model.config()),
+        &cfg.head_config(model.config(), schedule),
         qa.answers.len(),
     )?;
     let n_answers = qa.answers.len();

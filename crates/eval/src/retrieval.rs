@@ -276,7 +276,7 @@ fn training_pairs<'a>(
 fn match_head(model: &Lxmert, cfg: &FinetuneConfig) -> Result<MatchHead> {
     let head = MatchHead::load(
         model.var_builder().pp("seq_relationship_new"),
-        &cfg.head_config(model.config()),
+        &cfg.head_config(model.config(), &cfg.retrieval),
     )?;
     if cfg.retrieval_head == RetrievalHead::Itm {
         copy_prefix(
