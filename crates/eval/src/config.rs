@@ -147,7 +147,9 @@ impl FinetuneConfig {
                 reason,
             })
         };
-        if !(self.lr > 0.0 && self.lr.is_finite()) {
+        // An optional rate or σ that is set but not a positive finite number.
+        let not_positive = |x: Option<f64>| x.is_some_and(|v| !(v > 0.0 && v.is_finite()));
+        if not_positive(Some(self.lr)) {
             return bad("lr", format!("{} is not a positive number", self.lr));
         }
         if !(0.0..1.0).contains(&self.warmup) {
@@ -174,20 +176,13 @@ impl FinetuneConfig {
             if t.batch_size == Some(0) || t.max_train == Some(0) {
                 return bad(name, "batch_size and max_train must be at least 1".into());
             }
-            if t.lr.is_some_and(|lr| !(lr > 0.0 && lr.is_finite())) {
-                return bad(&format!("{name}.lr"), "must be a positive number".into());
-            }
-            if t.head_init_std.is_some_and(|s| !(s > 0.0 && s.is_finite())) {
-                return bad(
-                    &format!("{name}.head_init_std"),
-                    "must be a positive number".into(),
-                );
+            for (key, value) in [("lr", t.lr), ("head_init_std", t.head_init_std)] {
+                if not_positive(value) {
+                    return bad(&format!("{name}.{key}"), "must be a positive number".into());
+                }
             }
         }
-        if self
-            .head_init_std
-            .is_some_and(|s| !(s > 0.0 && s.is_finite()))
-        {
+        if not_positive(self.head_init_std) {
             return bad("head_init_std", "must be a positive number".into());
         }
         if self.retrieval_test_images.is_some_and(|n| n < 2) {

@@ -792,7 +792,6 @@ fn write_world(
             .collect();
         let pair_prior = pair_presence(&lex, &scene_pairs);
         let base = s as u64 * 10_000_000;
-        let range_ref = &range;
         let stmts: Vec<Option<(crate::questions::Statement, (usize, usize))>> = pairs
             .par_iter()
             .enumerate()
@@ -808,7 +807,7 @@ fn write_world(
                     want,
                 )?;
                 let other =
-                    counterpart_pair(&mut rng, &gen.scenes, range_ref, &st.claim, (a, b), !want)?;
+                    counterpart_pair(&mut rng, &gen.scenes, &range, &st.claim, (a, b), !want)?;
                 Some((st, other))
             })
             .collect();
