@@ -13,7 +13,7 @@ use msp_eval::{
     run_suite, Backbone, DownstreamData, DownstreamResults, DownstreamTask, FinetuneConfig, Report,
     Resources, Seconds,
 };
-use msp_tasks::Task;
+use msp_tasks::{Task, TaskSet};
 
 use crate::eval::{parse_tasks, suite_progress};
 use crate::pretrain::{data_dir, open_data, pretrain_with_progress};
@@ -485,8 +485,10 @@ pub fn run_reproduce(args: ReproduceArgs) -> anyhow::Result<()> {
 /// The preset a Table 4 row pre-trains with: `base` with the row's task lists. The row defines
 /// the tasks: a preset's own lists (tiny's sentence stage runs ITM instead of ITM-HS) and loss
 /// weights (tiny's ITM ×5) give way to the paper's defaults (every loss weighs 1), then to
-/// the row's overrides.
-fn row_preset(base: &Preset, v: &Variant) -> Preset {
+/// the row's overrides. One exception: tasks the preset drops from the paper's token stage
+/// ([`token_stage_dropped`]; tiny drops MLM) stay dropped from every row's token stage.
+fn row_preset(base: &Preset, v: &Variant) -> anyhow::Result<Preset> {
+    let dropped = token_stage_dropped(base)?;
     let mut preset = base.clone();
     for stage in [
         &mut preset.pretrain.token,
@@ -504,7 +506,29 @@ fn row_preset(base: &Preset, v: &Variant) -> Preset {
         };
         stage.tasks = Some(tasks.to_string());
     }
-    preset
+    if !dropped.is_empty() {
+        let token = match &preset.pretrain.token.tasks {
+            Some(list) => list.parse::<TaskSet>()?,
+            None => TaskSet::token_stage(),
+        };
+        preset.pretrain.token.tasks = Some(token.without(&dropped).to_string());
+    }
+    Ok(preset)
+}
+
+/// The paper's token-stage tasks that `preset`'s own token-stage list leaves out (tiny: MLM,
+/// which cannot be learned from its label texts and stalls the stages after it).
+fn token_stage_dropped(preset: &Preset) -> anyhow::Result<Vec<Task>> {
+    let Some(list) = &preset.pretrain.token.tasks else {
+        return Ok(Vec::new());
+    };
+    let kept: TaskSet = list
+        .parse()
+        .with_context(|| format!("pretrain.token.tasks = {list:?}"))?;
+    Ok(TaskSet::token_stage()
+        .iter()
+        .filter(|t| !kept.contains(*t))
+        .collect())
 }
 
 /// Runs `ablation`.
@@ -527,7 +551,7 @@ pub fn run_ablation(args: AblationArgs) -> anyhow::Result<()> {
         let v = ROWS
             .get(r.wrapping_sub(1))
             .with_context(|| format!("--row {r}: Table 4 has rows 1 to {}", ROWS.len()))?;
-        let preset = row_preset(&ctx.preset, v);
+        let preset = row_preset(&ctx.preset, v)?;
         let schedule: Option<Schedule> = v.schedule.map(str::parse).transpose()?;
         let without = v
             .without
@@ -550,14 +574,25 @@ pub fn run_ablation(args: AblationArgs) -> anyhow::Result<()> {
         }
         rows.push(row);
     }
+    let dropped = token_stage_dropped(&ctx.preset)?;
+    let dropped_note = if dropped.is_empty() {
+        String::new()
+    } else {
+        let names: Vec<&str> = dropped.iter().map(|t| t.name()).collect();
+        format!(
+            " The preset's token stage leaves out {}, so every row's token stage does too.",
+            names.join(", ")
+        )
+    };
     let md = format!(
         "# msp ablation (the paper's Table 4), preset `{}`, {} seed(s)\n\nData: `{}`. Columns: \
          VQA test, GQA testdev, NLVR2 test (accuracy, %), and the mean of R@1/5/10 for \
          image retrieval (IR), text retrieval (TR, first-caption protocol) and their \
-         zero-shot versions.\n\n{}",
+         zero-shot versions.{}\n\n{}",
         run.preset,
         run.seeds,
         ctx.data_dir.display(),
+        dropped_note,
         table4_markdown(&rows)
     );
     write_atomic(&out.join("table4.md"), md.as_bytes())?;
@@ -609,14 +644,13 @@ mod tests {
         let presets = Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/presets");
         let mut base = Preset::load(&presets, "smoke")?;
         base.pretrain.sentence.tasks = Some("MLM,ITM".into());
-        base.pretrain.token.tasks = Some("MLM".into());
         base.pretrain.sentence.loss_weights = [("ITM".to_string(), 5.0)].into();
         // Row 2 (S with the paper's tasks): the preset's lists are dropped.
-        let row2 = row_preset(&base, &ROWS[1]);
+        let row2 = row_preset(&base, &ROWS[1])?;
         assert_eq!(row2.pretrain.sentence.tasks, None);
         assert_eq!(row2.pretrain.token.tasks, None);
         // Row 3 (S with ITM instead of ITM-HS): the row's own list.
-        let row3 = row_preset(&base, &ROWS[2]);
+        let row3 = row_preset(&base, &ROWS[2])?;
         assert_eq!(
             row3.pretrain.sentence.tasks.as_deref(),
             Some("MLM,MRFR,MOC,TITS,ITM")
@@ -624,6 +658,35 @@ mod tests {
         assert_eq!(row3.pretrain.phrase.tasks, None);
         // The rows weigh every loss 1, as the paper.
         assert!(row3.pretrain.sentence.loss_weights.is_empty());
+        Ok(())
+    }
+
+    #[test]
+    fn tasks_the_preset_drops_from_the_token_stage_stay_dropped_in_every_row() -> anyhow::Result<()>
+    {
+        let presets = Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/presets");
+        let mut base = Preset::load(&presets, "smoke")?;
+        base.pretrain.token.tasks = Some("IFRS,MOC,MRFR".into());
+        assert_eq!(token_stage_dropped(&base)?, vec![Task::Mlm]);
+        // Row 10 (T→P→S, the paper's lists): the token stage loses MLM only.
+        let row10 = row_preset(&base, &ROWS[9])?;
+        assert_eq!(row10.pretrain.token.tasks.as_deref(), Some("MRFR,MOC,IFRS"));
+        assert_eq!(row10.pretrain.sentence.tasks, None);
+        // Row 5 (T+P+S with MLM MRFR MOC ITM everywhere): MLM leaves the token source only.
+        let row5 = row_preset(&base, &ROWS[4])?;
+        assert_eq!(row5.pretrain.token.tasks.as_deref(), Some("MRFR,MOC,ITM"));
+        assert_eq!(
+            row5.pretrain.phrase.tasks.as_deref(),
+            Some("MLM,MRFR,MOC,ITM")
+        );
+        // A preset with the paper's token stage keeps it.
+        base.pretrain.token.tasks = None;
+        assert!(token_stage_dropped(&base)?.is_empty());
+        assert_eq!(row_preset(&base, &ROWS[9])?.pretrain.token.tasks, None);
+        // A bad list is named.
+        base.pretrain.token.tasks = Some("MLM,BOGUS".into());
+        let err = format!("{:#}", token_stage_dropped(&base).unwrap_err());
+        assert!(err.contains("pretrain.token.tasks"), "{err}");
         Ok(())
     }
 }
