@@ -485,10 +485,10 @@ pub fn run_reproduce(args: ReproduceArgs) -> anyhow::Result<()> {
 /// The preset a Table 4 row pre-trains with: `base` with the row's task lists. The row defines
 /// the tasks: a preset's own lists (tiny's sentence stage runs ITM instead of ITM-HS) and loss
 /// weights (tiny's ITM ×5) give way to the paper's defaults (every loss weighs 1), then to
-/// the row's overrides. One exception: tasks the preset drops from the paper's token stage
-/// ([`token_stage_dropped`]; tiny drops MLM) stay dropped from every row's token stage.
-fn row_preset(base: &Preset, v: &Variant) -> anyhow::Result<Preset> {
-    let dropped = token_stage_dropped(base)?;
+/// the row's overrides. One exception: `token_dropped`, the tasks `base` drops from the
+/// paper's token stage ([`token_stage_dropped`]; tiny drops MLM), stay dropped from every
+/// row's token stage.
+fn row_preset(base: &Preset, v: &Variant, token_dropped: &[Task]) -> anyhow::Result<Preset> {
     let mut preset = base.clone();
     for stage in [
         &mut preset.pretrain.token,
@@ -506,12 +506,12 @@ fn row_preset(base: &Preset, v: &Variant) -> anyhow::Result<Preset> {
         };
         stage.tasks = Some(tasks.to_string());
     }
-    if !dropped.is_empty() {
+    if !token_dropped.is_empty() {
         let token = match &preset.pretrain.token.tasks {
             Some(list) => list.parse::<TaskSet>()?,
             None => TaskSet::token_stage(),
         };
-        preset.pretrain.token.tasks = Some(token.without(&dropped).to_string());
+        preset.pretrain.token.tasks = Some(token.without(token_dropped).to_string());
     }
     Ok(preset)
 }
@@ -546,12 +546,13 @@ pub fn run_ablation(args: AblationArgs) -> anyhow::Result<()> {
     } else {
         args.row.clone()
     };
+    let dropped = token_stage_dropped(&ctx.preset)?;
     let mut rows = Vec::new();
     for &r in &picked {
         let v = ROWS
             .get(r.wrapping_sub(1))
             .with_context(|| format!("--row {r}: Table 4 has rows 1 to {}", ROWS.len()))?;
-        let preset = row_preset(&ctx.preset, v)?;
+        let preset = row_preset(&ctx.preset, v, &dropped)?;
         let schedule: Option<Schedule> = v.schedule.map(str::parse).transpose()?;
         let without = v
             .without
@@ -574,7 +575,6 @@ pub fn run_ablation(args: AblationArgs) -> anyhow::Result<()> {
         }
         rows.push(row);
     }
-    let dropped = token_stage_dropped(&ctx.preset)?;
     let dropped_note = if dropped.is_empty() {
         String::new()
     } else {
@@ -646,11 +646,11 @@ mod tests {
         base.pretrain.sentence.tasks = Some("MLM,ITM".into());
         base.pretrain.sentence.loss_weights = [("ITM".to_string(), 5.0)].into();
         // Row 2 (S with the paper's tasks): the preset's lists are dropped.
-        let row2 = row_preset(&base, &ROWS[1])?;
+        let row2 = row_preset(&base, &ROWS[1], &[])?;
         assert_eq!(row2.pretrain.sentence.tasks, None);
         assert_eq!(row2.pretrain.token.tasks, None);
         // Row 3 (S with ITM instead of ITM-HS): the row's own list.
-        let row3 = row_preset(&base, &ROWS[2])?;
+        let row3 = row_preset(&base, &ROWS[2], &[])?;
         assert_eq!(
             row3.pretrain.sentence.tasks.as_deref(),
             Some("MLM,MRFR,MOC,TITS,ITM")
@@ -667,13 +667,14 @@ mod tests {
         let presets = Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/presets");
         let mut base = Preset::load(&presets, "smoke")?;
         base.pretrain.token.tasks = Some("IFRS,MOC,MRFR".into());
-        assert_eq!(token_stage_dropped(&base)?, vec![Task::Mlm]);
+        let dropped = token_stage_dropped(&base)?;
+        assert_eq!(dropped, vec![Task::Mlm]);
         // Row 10 (T→P→S, the paper's lists): the token stage loses MLM only.
-        let row10 = row_preset(&base, &ROWS[9])?;
+        let row10 = row_preset(&base, &ROWS[9], &dropped)?;
         assert_eq!(row10.pretrain.token.tasks.as_deref(), Some("MRFR,MOC,IFRS"));
         assert_eq!(row10.pretrain.sentence.tasks, None);
         // Row 5 (T+P+S with MLM MRFR MOC ITM everywhere): MLM leaves the token source only.
-        let row5 = row_preset(&base, &ROWS[4])?;
+        let row5 = row_preset(&base, &ROWS[4], &dropped)?;
         assert_eq!(row5.pretrain.token.tasks.as_deref(), Some("MRFR,MOC,ITM"));
         assert_eq!(
             row5.pretrain.phrase.tasks.as_deref(),
@@ -681,8 +682,12 @@ mod tests {
         );
         // A preset with the paper's token stage keeps it.
         base.pretrain.token.tasks = None;
-        assert!(token_stage_dropped(&base)?.is_empty());
-        assert_eq!(row_preset(&base, &ROWS[9])?.pretrain.token.tasks, None);
+        let none = token_stage_dropped(&base)?;
+        assert!(none.is_empty());
+        assert_eq!(
+            row_preset(&base, &ROWS[9], &none)?.pretrain.token.tasks,
+            None
+        );
         // A bad list is named.
         base.pretrain.token.tasks = Some("MLM,BOGUS".into());
         let err = format!("{:#}", token_stage_dropped(&base).unwrap_err());
