@@ -19,7 +19,8 @@ enum BenchCommand {
     Train(TrainArgs),
     /// `bench train --config paper` and bench/torch_lxmert.py alternately, then the ratio.
     Compare(CompareArgs),
-    /// f32 matrix-product speed through candle (the machine's GEMM peak for `bench train`).
+    /// Matrix-product speed through candle, in f32 or (`--precision bf16`) bf16: the
+    /// machine's GEMM peak for `bench train`.
     Gemm {
         /// Side of the square product.
         #[arg(long, default_value_t = 2048)]
@@ -81,7 +82,8 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             if json {
                 println!("{}", serde_json::to_string_pretty(&r)?);
             } else {
-                println!("{:<48} {:>10} {:>10}", "f32 product", "msp ops", "candle");
+                let product = format!("{} product", msp_model::ops::precision());
+                println!("{product:<48} {:>10} {:>10}", "msp ops", "candle");
                 for s in &r.shapes {
                     println!(
                         "{:<48} {:>10.1} {:>10.1}  GFLOP/s",
@@ -165,6 +167,8 @@ struct TrainReport {
     variant: String,
     device: String,
     fused_kernels: bool,
+    /// Precision of the matrix products (`f32` or `bf16`).
+    precision: String,
     params: usize,
     text_len: usize,
     regions: usize,
@@ -277,6 +281,7 @@ fn run_train(a: TrainArgs) -> anyhow::Result<()> {
         variant: variant.to_string(),
         device: a.device.clone(),
         fused_kernels: !a.composite,
+        precision: msp_model::ops::precision().to_string(),
         params,
         text_len,
         regions,
@@ -292,8 +297,8 @@ fn run_train(a: TrainArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     println!(
-        "{} ({}), {} parameters, {} tokens + {} regions, {:.2} GFLOP per example-step (analytic), GEMM peak {:.1} GFLOP/s, fused kernels {}",
-        report.config, report.variant, report.params, text_len, regions, report.train_gflop_per_sample, gemm_peak, report.fused_kernels
+        "{} ({}), {} parameters, {} tokens + {} regions, {:.2} GFLOP per example-step (analytic), {} GEMM peak {:.1} GFLOP/s, fused kernels {}",
+        report.config, report.variant, report.params, text_len, regions, report.train_gflop_per_sample, report.precision, gemm_peak, report.fused_kernels
     );
     for r in &report.runs {
         let t = &r.timing;
@@ -395,6 +400,13 @@ fn run_compare(a: CompareArgs) -> anyhow::Result<()> {
         json,
     } = a;
     let config = config.as_str();
+    let precision = msp_model::ops::precision();
+    if precision != msp_model::ops::Precision::F32 {
+        anyhow::bail!(
+            "bench compare measures f32 on both sides (bench/torch_lxmert.py has no autocast); \
+             --precision {precision} applies to `bench train` and `bench gemm`"
+        );
+    }
     let python = python.unwrap_or_else(|| {
         [".venv-bench/bin/python", ".venv-fixture/bin/python"]
             .iter()

@@ -24,6 +24,11 @@ mod text;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Precision of the model's matrix products: `f32`, or `bf16` (autocast as PyTorch's:
+    /// f32 weights, gradients, LayerNorm, softmax, losses and optimiser; for the GPU, where
+    /// bf16 products run on tensor cores; on the CPU candle widens them back to f32).
+    #[arg(long, global = true, default_value = "f32")]
+    precision: msp_model::ops::Precision,
 }
 
 #[derive(Subcommand)]
@@ -102,7 +107,7 @@ fn main() -> anyhow::Result<()> {
     rayon::ThreadPoolBuilder::new()
         .stack_size(8 << 20)
         .build()?
-        .install(|| dispatch(cli))
+        .install(|| msp_model::ops::with_precision(cli.precision, || dispatch(cli)))
 }
 
 /// Runs one subcommand.

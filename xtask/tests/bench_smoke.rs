@@ -131,6 +131,33 @@ fn bench_gemm_and_train_run_one_step() {
     assert_eq!(params, 192_578);
     let macs = hf_macs(64.0, 128.0, 2.0, 100.0, 16.0, 7.0 + 5.0 + 16.0);
     assert_train_flops(&small, macs);
+    assert_eq!(small["precision"], "f32");
+
+    // The same with bf16 products (`--precision`, a global flag), and its GEMM peak.
+    let bf16 = paper_workload(&[
+        "--model-config",
+        sizes.to_str().unwrap(),
+        "--precision",
+        "bf16",
+    ]);
+    assert_eq!(bf16["precision"], "bf16");
+    assert_eq!(bf16["params"].as_u64(), Some(params));
+    positive(&bf16, "/runs/0/samples_per_s/median");
+    let gemm = bench_json(
+        &[
+            "gemm",
+            "--square",
+            "64",
+            "--rows",
+            "32",
+            "--reps",
+            "1",
+            "--precision",
+            "bf16",
+        ],
+        dir.path(),
+    );
+    positive(&gemm, "/peak_gflops");
 
     // A preset on its synthetic world: in-memory batch, loader, loader alone.
     let smoke = bench_json(

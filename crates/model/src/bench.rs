@@ -194,7 +194,7 @@ pub struct GemmShape {
     pub candle_gflops: f64,
 }
 
-/// Result of [`bench_gemm`]: f32 matmul speed on this machine through candle.
+/// Result of [`bench_gemm`]: matmul speed on this machine through candle.
 #[derive(Debug, Clone, Serialize)]
 pub struct GemmReport {
     /// Every shape measured.
@@ -204,7 +204,8 @@ pub struct GemmReport {
     pub peak_gflops: f64,
 }
 
-/// Measures f32 matrix products through candle on `dev`: a square `square`-sized product
+/// Measures matrix products through candle on `dev`, in f32 or, inside
+/// [`crate::ops::with_precision`]`(Bf16, …)`, on bf16 operands: a square `square`-sized product
 /// and the products of one LXMERT-S layer (hidden 768, FFN 3072) for `rows` = batch ×
 /// tokens, forward (`x·Wᵀ`) and weight-gradient (`dYᵀ·X`) layouts. Each is run `reps`
 /// times after a warm-up; the median is kept.
@@ -240,13 +241,16 @@ pub fn bench_gemm(square: usize, rows: usize, reps: usize, dev: &Device) -> Resu
             false,
         ),
     ];
+    let dtype = crate::ops::precision().dtype();
     let mut shapes = Vec::new();
     for (name, m, k, n, rhs_transposed) in cases {
-        let a = Tensor::randn(0f32, 1.0, (m, k), dev)?;
+        let a = Tensor::randn(0f32, 1.0, (m, k), dev)?.to_dtype(dtype)?;
         let b = if rhs_transposed {
-            Tensor::randn(0f32, 1.0, (n, k), dev)?.t()?
+            Tensor::randn(0f32, 1.0, (n, k), dev)?
+                .to_dtype(dtype)?
+                .t()?
         } else {
-            Tensor::randn(0f32, 1.0, (k, n), dev)?
+            Tensor::randn(0f32, 1.0, (k, n), dev)?.to_dtype(dtype)?
         };
         let median = |f: &dyn Fn(&Tensor, &Tensor) -> candle_core::Result<Tensor>| -> Result<f64> {
             let run = || -> Result<f64> {

@@ -59,7 +59,8 @@ impl MlmHead {
         let h = *dims.last().unwrap_or(&0);
         let rows = x.elem_count() / h.max(1);
         let t = self.transform.forward(&x.reshape((rows, h))?)?;
-        let logits = t.matmul(&self.decoder.t()?)?.broadcast_add(&self.bias)?;
+        let logits =
+            crate::ops::autocast_matmul(&t, &self.decoder.t()?)?.broadcast_add(&self.bias)?;
         let mut out = dims;
         if let Some(last) = out.last_mut() {
             *last = self.decoder.dim(0)?;

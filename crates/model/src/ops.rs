@@ -11,6 +11,12 @@
 //! rayon. On other devices or dtypes each falls back to the composite of candle ops with the
 //! same value (the reference the kernels are tested against, see the tests below).
 //!
+//! [`with_precision`] runs the matrix products (linear layers, the attention products, the
+//! MLM decoder) in bf16 as PyTorch's autocast does: weights stay f32 (the optimiser's master
+//! copy), the product's inputs are rounded to bf16, and LayerNorm, softmax, GELU, dropout and
+//! the losses stay f32. It is meant for the GPU (tensor cores); on the CPU candle widens bf16
+//! products back to f32, so there it only serves to test the numerics.
+//!
 //! The matrix products split their work over rayon's current pool. Run the training loop
 //! on one of the pool's threads (`rayon::ThreadPool::install`, as `cargo xtask` does) so
 //! that the caller takes a share of every product instead of waiting beside the workers
@@ -24,7 +30,10 @@ use rayon::prelude::*;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 mod attention;
+mod precision;
 pub use attention::{multi_head_attention, multi_head_attention_composite, AttentionDropout};
+use precision::products_fused;
+pub use precision::{autocast_matmul, precision, with_precision, Precision};
 
 /// Rows smaller than this many elements are processed several to a rayon task.
 const MIN_TASK_ELEMS: usize = 16 * 1024;
@@ -304,8 +313,8 @@ unsafe fn gemm_into(
 pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
     let dims = x.dims().to_vec();
     let (out, inp) = weight.dims2()?;
-    if !(fused(x) && fused(weight) && bias.is_none_or(fused)) {
-        return candle_nn::Linear::new(weight.clone(), bias.cloned()).forward(x);
+    if !(products_fused(x) && fused(weight) && bias.is_none_or(fused)) {
+        return linear_composite(x, weight, bias);
     }
     let rows = x.elem_count() / inp.max(1);
     let x2 = if dims.len() == 2 {
@@ -323,16 +332,34 @@ pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tens
     y.reshape(out_dims)
 }
 
+/// [`linear`] from candle ops, the product at the thread's [`precision`]: the reference and
+/// the fallback.
+pub fn linear_composite(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    if precision() == Precision::F32 {
+        return candle_nn::Linear::new(weight.clone(), bias.cloned()).forward(x);
+    }
+    let (out, inp) = weight.dims2()?;
+    let mut dims = x.dims().to_vec();
+    let rows = x.elem_count() / inp.max(1);
+    let y = autocast_matmul(&x.reshape((rows, inp))?, &weight.t()?)?;
+    let y = match bias {
+        Some(b) => y.broadcast_add(b)?,
+        None => y,
+    };
+    *dims.last_mut().expect("x has a last dimension") = out;
+    y.reshape(dims)
+}
+
 /// `lhs [m, k] · rhs [k, n]` for 2-D tensors. On the CPU in f32 (any strides, so transposed
 /// views cost nothing) by the same split products as [`linear`], with a backward; candle's
 /// matmul elsewhere.
 pub fn matmul(lhs: &Tensor, rhs: &Tensor) -> Result<Tensor> {
     lhs.dims2()?;
     rhs.dims2()?;
-    if fused(lhs) && fused(rhs) {
+    if products_fused(lhs) && fused(rhs) {
         lhs.apply_op2(rhs, MatmulOp)
     } else {
-        lhs.matmul(rhs)
+        autocast_matmul(lhs, rhs)
     }
 }
 
@@ -1432,6 +1459,62 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn bf16_products_round_their_inputs_and_hand_back_f32_gradients() {
+        // Hand value: bf16(0.1, 0.2, 0.3) = (205/2048, 205/1024, 77/256) = (0.10009765625,
+        // 0.2001953125, 0.30078125), so
+        // (1, 2, 3)·w = 1.40283203125, which bf16 (step 2⁻⁷ in [1, 2)) rounds to 1.40625.
+        let x = Var::new(&[[1f32, 2., 3.]], &Device::Cpu).unwrap();
+        let w = Var::new(&[[0.1f32, 0.2, 0.3]], &Device::Cpu).unwrap();
+        let y = with_precision(Precision::Bf16, || linear(&x, &w, None)).unwrap();
+        assert_eq!(precision(), Precision::F32, "the precision is restored");
+        assert_eq!(y.dtype(), DType::F32);
+        assert_eq!(y.to_vec2::<f32>().unwrap(), vec![vec![1.40625]]);
+        let grads = y.sum_all().unwrap().backward().unwrap();
+        let (gx, gw) = (grads.get(&x).unwrap(), grads.get(&w).unwrap());
+        assert_eq!((gx.dtype(), gw.dtype()), (DType::F32, DType::F32));
+        assert_eq!(
+            gx.to_vec2::<f32>().unwrap(),
+            vec![vec![205.0 / 2048.0, 205.0 / 1024.0, 77.0 / 256.0]]
+        );
+        assert_eq!(gw.to_vec2::<f32>().unwrap(), vec![vec![1., 2., 3.]]);
+
+        // Random sizes: within bf16 rounding of the f32 products, values and gradients.
+        let bf16 = |f: fn(&[Tensor]) -> Result<Tensor>| {
+            move |t: &[Tensor]| with_precision(Precision::Bf16, || f(t))
+        };
+        let inputs = [
+            randn(&[4, 6, 40], 7, 1.0),
+            randn(&[24, 40], 8, 0.2),
+            randn(&[24], 9, 1.0),
+        ];
+        check(
+            &inputs,
+            bf16(|t| linear(&t[0], &t[1], Some(&t[2]))),
+            |t| linear(&t[0], &t[1], Some(&t[2])),
+            3e-2,
+        );
+        check(
+            &[randn(&[30, 20], 10, 1.0), randn(&[20, 25], 11, 1.0)],
+            bf16(|t| matmul(&t[0], &t[1])),
+            |t| matmul(&t[0], &t[1]),
+            5e-2,
+        );
+        check(
+            &[
+                randn(&[2, 5, 16], 12, 1.0),
+                randn(&[2, 7, 16], 13, 1.0),
+                randn(&[2, 7, 16], 14, 1.0),
+            ],
+            bf16(|t| multi_head_attention(&t[0], &t[1], &t[2], 4, None, 0.5, None)),
+            |t| multi_head_attention(&t[0], &t[1], &t[2], 4, None, 0.5, None),
+            3e-2,
+        );
+        // And the products did run in bf16.
+        let y16 = with_precision(Precision::Bf16, || linear(&inputs[0], &inputs[1], None)).unwrap();
+        assert!(max_diff(&y16, &linear(&inputs[0], &inputs[1], None).unwrap()) > 1e-4);
     }
 
     #[test]

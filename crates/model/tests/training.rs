@@ -50,6 +50,8 @@ fn all_heads_step(variant: Variant) {
         let g = grads
             .get(var)
             .unwrap_or_else(|| panic!("{variant}: {name} got no gradient"));
+        // f32 master weights get f32 gradients, also with bf16 products.
+        assert_eq!(g.dtype(), DType::F32, "{variant}: {name}");
         let v: Vec<f32> = g.flatten_all().unwrap().to_vec1().unwrap();
         assert!(
             v.iter().all(|x| x.is_finite()),
@@ -70,6 +72,12 @@ fn every_variable_gets_a_gradient_lxmert_s() {
 #[test]
 fn every_variable_gets_a_gradient_lxmert() {
     all_heads_step(Variant::Lxmert);
+}
+
+#[test]
+fn every_variable_gets_a_gradient_with_bf16_products() {
+    use msp_model::ops::{with_precision, Precision};
+    with_precision(Precision::Bf16, || all_heads_step(Variant::LxmertS));
 }
 
 #[test]

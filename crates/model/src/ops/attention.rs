@@ -10,8 +10,8 @@
 //! gradients.
 
 use super::{
-    check_keep, fused, gemm_into, kept, pack_bits, scaled_softmax_row, slice, softmax_grad_row,
-    Operand, SharedMut,
+    autocast_matmul, check_keep, fused, gemm_into, kept, pack_bits, scaled_softmax_row, slice,
+    softmax_grad_row, Operand, SharedMut,
 };
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Storage, Tensor};
 use rayon::prelude::*;
@@ -47,7 +47,7 @@ pub fn multi_head_attention(
     if let Some(d) = dropout {
         check_keep("attention", d.keep.len(), dims.probs())?;
     }
-    if !(fused(q) && fused(k) && fused(v) && mask.is_none_or(fused)) {
+    if !(super::products_fused(q) && fused(k) && fused(v) && mask.is_none_or(fused)) {
         return multi_head_attention_composite(q, k, v, heads, mask, scale, dropout);
     }
     let mask = match mask {
@@ -88,11 +88,13 @@ pub fn multi_head_attention_composite(
             .contiguous()
     };
     let (qh, kh, vh) = (split(q)?, split(k)?, split(v)?);
-    let mut probs = super::attention_softmax(&qh.matmul(&kh.t()?)?, mask, scale)?;
+    let mut probs = super::attention_softmax(&autocast_matmul(&qh, &kh.t()?)?, mask, scale)?;
     if let Some(d) = dropout {
         probs = super::dropout_masked(&probs, d.keep, d.scale)?;
     }
-    probs.matmul(&vh)?.transpose(1, 2)?.reshape((b, lq, h))
+    autocast_matmul(&probs, &vh)?
+        .transpose(1, 2)?
+        .reshape((b, lq, h))
 }
 
 /// Sizes of one attention call.
