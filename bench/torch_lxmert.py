@@ -8,11 +8,15 @@ foreach; the Rust side uses LXMERT's BertAdam, the same amount of work). `--warm
 steps, then `--steps` timed ones; prints JSON with the median and spread, like the Rust side.
 `--model-config config.json` takes other sizes (HF field names, as `bench train
 --model-config` reads them; `cargo xtask bench compare --config tiny` writes one); a config
-with `num_qa_labels` 0 has no QA head, as on the Rust side. See bench/README.md.
+with `num_qa_labels` 0 has no QA head, as on the Rust side. `--device cuda:0` runs on a GPU,
+`--bf16` under `torch.autocast(dtype=torch.bfloat16)` (f32 weights, bf16 products: what the Rust
+side's `--precision bf16` does). See bench/README.md.
 
     .venv-bench/bin/python bench/torch_lxmert.py --batch 32 --steps 5
+    python bench/torch_lxmert.py --device cuda:0 --bf16
 """
 import argparse
+import contextlib
 import json
 import resource
 import statistics
@@ -30,7 +34,10 @@ def main():
     ap.add_argument("--text-len", type=int, default=20)
     ap.add_argument("--regions", type=int, default=36)
     ap.add_argument("--model-config", help="config.json with other model sizes (HF field names)")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda:N")
+    ap.add_argument("--bf16", action="store_true", help="bf16 autocast (f32 weights)")
     args = ap.parse_args()
+    dev = torch.device(args.device)
     torch.manual_seed(0)
     sizes, cls_id = dict(l_layers=0, x_layers=5, r_layers=0), 101
     if args.model_config:
@@ -45,7 +52,7 @@ def main():
         if sizes.get("num_qa_labels") == 0:
             sizes.update(task_qa=False, num_qa_labels=1)
     cfg = LxmertConfig(**sizes)
-    model = LxmertForPreTraining(cfg)
+    model = LxmertForPreTraining(cfg).to(dev)
     b, l, n = args.batch, args.text_len, args.regions
     ids = torch.randint(1, cfg.vocab_size, (b, l))
     ids[:, 0] = cls_id
@@ -68,18 +75,26 @@ def main():
     )
     if cfg.task_qa:
         kw["ans"] = torch.randint(0, cfg.num_qa_labels, (b,))
+    kw = {k: to_device(v, dev) for k, v in kw.items()}
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5, eps=1e-6, weight_decay=0.01)
+    autocast = (torch.autocast(device_type=dev.type, dtype=torch.bfloat16) if args.bf16
+                else contextlib.nullcontext())
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     rows = []
     for i in range(args.warmup + max(args.steps, 1)):
+        sync()
         a = time.perf_counter()
-        loss = model(**kw).loss
+        with autocast:
+            loss = model(**kw).loss
         loss.item()
         c = time.perf_counter()
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        sync()
         d = time.perf_counter()
         opt.step()
+        sync()
         e = time.perf_counter()
         if i >= args.warmup:
             rows.append((c - a, d - c, e - d))
@@ -87,14 +102,25 @@ def main():
     med = statistics.median
     print(json.dumps({
         "impl": f"torch {torch.__version__} / transformers LxmertForPreTraining",
+        "device": str(dev), "precision": "bf16" if args.bf16 else "f32",
         "threads": torch.get_num_threads(), "batch": b, "text_len": l, "regions": n, "steps": len(rows),
         "samples_per_s": {"median": med([b / s for s in steps]), "min": b / steps[-1], "max": b / steps[0]},
         "step_s": {"median": med(steps), "min": steps[0], "max": steps[-1]},
         "split": {"forward_s": med([r[0] for r in rows]), "backward_s": med([r[1] for r in rows]),
                   "optimizer_s": med([r[2] for r in rows]), "data_s": 0.0},
         "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "peak_gpu_bytes": torch.cuda.max_memory_allocated(dev) if dev.type == "cuda" else None,
         "params": sum(p.numel() for p in model.parameters()),
     }, indent=2))
+
+
+def to_device(v, dev):
+    """`v` (a tensor, or a dict / tuple of them) on `dev`."""
+    if isinstance(v, dict):
+        return {k: to_device(x, dev) for k, x in v.items()}
+    if isinstance(v, tuple):
+        return tuple(to_device(x, dev) for x in v)
+    return v.to(dev)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,6 @@
 //! `cargo xtask bench …`: throughput measurements (logic in the crates).
 
 use anyhow::Context;
-use candle_core::Device;
 use clap::{Args, Subcommand};
 use msp_model::{Config, Variant};
 
@@ -31,6 +30,9 @@ enum BenchCommand {
         /// Timed repetitions per shape (median kept).
         #[arg(long, default_value_t = 5)]
         reps: usize,
+        /// Device: cpu or cuda:N.
+        #[arg(long, default_value = "cpu")]
+        device: String,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -62,6 +64,10 @@ pub struct CompareArgs {
     /// run; on a busy machine that measurement comes out low and inflates the fraction).
     #[arg(long)]
     gemm_peak: Option<f64>,
+    /// Device of both sides: cpu or cuda:N (with `--precision bf16`, PyTorch runs under
+    /// bf16 autocast).
+    #[arg(long, default_value = "cpu")]
+    device: String,
     /// Print JSON.
     #[arg(long)]
     json: bool,
@@ -76,9 +82,11 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             square,
             rows,
             reps,
+            device,
             json,
         } => {
-            let r = msp_model::bench_gemm(square, rows, reps, &Device::Cpu)?;
+            let device = msp_curriculum::parse_device(&device)?;
+            let r = msp_model::bench_gemm(square, rows, reps, &device)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&r)?);
             } else {
@@ -397,15 +405,17 @@ fn run_compare(a: CompareArgs) -> anyhow::Result<()> {
         batch,
         steps,
         gemm_peak,
+        device,
         json,
     } = a;
     let config = config.as_str();
+    msp_curriculum::parse_device(&device)?;
+    // Both sides on the same device, at the same precision.
     let precision = msp_model::ops::precision();
-    if precision != msp_model::ops::Precision::F32 {
-        anyhow::bail!(
-            "bench compare measures f32 on both sides (bench/torch_lxmert.py has no autocast); \
-             --precision {precision} applies to `bench train` and `bench gemm`"
-        );
+    let msp_side = ["--device", &device, "--precision", &precision.to_string()].map(String::from);
+    let mut torch_side = vec!["--device".to_string(), device.clone()];
+    if precision == msp_model::ops::Precision::Bf16 {
+        torch_side.push("--bf16".into());
     }
     let python = python.unwrap_or_else(|| {
         [".venv-bench/bin/python", ".venv-fixture/bin/python"]
@@ -455,6 +465,7 @@ fn run_compare(a: CompareArgs) -> anyhow::Result<()> {
                     "bench", "train", "--config", "paper", "--batch", &b, "--steps", &st, "--json",
                 ])
                 .args(&peak_args)
+                .args(&msp_side)
                 .args(&sizes),
         )?;
         eprintln!("round {}: PyTorch…", round + 1);
@@ -462,6 +473,7 @@ fn run_compare(a: CompareArgs) -> anyhow::Result<()> {
             std::process::Command::new(&python)
                 .arg(&script)
                 .args(["--batch", &b, "--steps", &st])
+                .args(&torch_side)
                 .args(&sizes),
         )?;
         let (o, t) = (median_sps(&ours)?, median_sps(&torch)?);

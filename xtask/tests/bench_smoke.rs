@@ -224,8 +224,8 @@ fn compare_runs_both_sides_with_the_same_sizes() {
     )
     .unwrap();
     std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let cmp = bench_json(
-        &[
+    let compare = |extra: &[&str]| {
+        let mut args = vec![
             "compare",
             "--config",
             "smoke",
@@ -239,9 +239,13 @@ fn compare_runs_both_sides_with_the_same_sizes() {
             "1",
             "--gemm-peak",
             "100",
-        ],
-        dir.path(),
-    );
+        ];
+        args.extend_from_slice(extra);
+        let cmp = bench_json(&args, dir.path());
+        let torch_args = std::fs::read_to_string(&seen).unwrap();
+        (cmp, torch_args)
+    };
+    let (cmp, args) = compare(&[]);
     let ours = &cmp["rounds"][0]["msp"];
     // The GEMM peak given to compare is the one the msp side reports against.
     assert_eq!(ours["gemm_peak_gflops"].as_f64(), Some(100.0));
@@ -251,8 +255,8 @@ fn compare_runs_both_sides_with_the_same_sizes() {
         (ratio - sps / 2.0).abs() < 1e-9 * ratio,
         "{ratio} vs {sps} / 2"
     );
-    // PyTorch's side got the batch, the steps and the preset's sizes that msp ran with.
-    let args = std::fs::read_to_string(&seen).unwrap();
+    // PyTorch's side got the batch, the steps, the device and the preset's sizes that msp
+    // ran with, in f32 on both sides.
     let words: Vec<&str> = args.split_whitespace().collect();
     let after = |flag: &str| {
         let i = words.iter().position(|w| *w == flag);
@@ -261,7 +265,15 @@ fn compare_runs_both_sides_with_the_same_sizes() {
     };
     assert_eq!(after("--batch"), "2");
     assert_eq!(after("--steps"), "1");
+    assert_eq!(after("--device"), "cpu");
     assert_eq!(after("--text-len"), ours["text_len"].to_string());
     assert_eq!(after("--regions"), ours["regions"].to_string());
     assert!(after("--model-config").ends_with(".json"), "{args}");
+    assert_eq!(ours["precision"], "f32");
+    assert!(!words.contains(&"--bf16"), "{args}");
+
+    // With bf16 products: msp runs them, PyTorch runs under autocast.
+    let (cmp, args) = compare(&["--precision", "bf16"]);
+    assert_eq!(cmp["rounds"][0]["msp"]["precision"], "bf16");
+    assert!(args.split_whitespace().any(|w| w == "--bf16"), "{args}");
 }
