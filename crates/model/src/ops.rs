@@ -409,14 +409,24 @@ impl CustomOp3 for LinearOp {
         &self,
         x: &Tensor,
         weight: &Tensor,
-        _bias: &Tensor,
+        bias: &Tensor,
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let dx = matmul_no_bwd(grad, weight)?;
+        // An input outside the graph (the region features of the visual projection, a
+        // stand-in zero bias) needs no gradient: skip its product.
+        let dx = if x.track_op() {
+            Some(matmul_no_bwd(grad, weight)?)
+        } else {
+            None
+        };
         let dw = matmul_no_bwd(&grad.t()?, x)?;
-        let db = grad.contiguous()?.apply_op1_no_bwd(&ColumnSumOp)?;
-        Ok((Some(dx), Some(dw), Some(db)))
+        let db = if bias.track_op() {
+            Some(grad.contiguous()?.apply_op1_no_bwd(&ColumnSumOp)?)
+        } else {
+            None
+        };
+        Ok((dx, Some(dw), db))
     }
 }
 
@@ -1406,6 +1416,25 @@ mod tests {
                 2e-4,
             );
         }
+    }
+
+    #[test]
+    fn linear_of_an_input_outside_the_graph_still_trains_its_weight() {
+        // The features are a plain tensor (no variable behind them): the weight gets the same
+        // gradient as candle's, and the input gets none.
+        let x = randn(&[2, 5, 32], 20, 1.0);
+        let w = Var::from_tensor(&randn(&[24, 32], 21, 0.2)).unwrap();
+        let upstream = randn(&[2, 5, 24], 22, 1.0);
+        let weight_grad = |f: &dyn Fn() -> Result<Tensor>| {
+            let loss = f().unwrap().mul(&upstream).unwrap().sum_all().unwrap();
+            let grads = loss.backward().unwrap();
+            assert!(grads.get(&x).is_none());
+            grads.get(&w).unwrap().clone()
+        };
+        let ours = weight_grad(&|| linear(&x, &w, None));
+        let candle =
+            weight_grad(&|| candle_nn::Linear::new(w.as_tensor().clone(), None).forward(&x));
+        assert!(max_diff(&ours, &candle) < 2e-4);
     }
 
     #[test]
