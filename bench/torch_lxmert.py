@@ -108,10 +108,24 @@ def main():
         "step_s": {"median": med(steps), "min": steps[0], "max": steps[-1]},
         "split": {"forward_s": med([r[0] for r in rows]), "backward_s": med([r[1] for r in rows]),
                   "optimizer_s": med([r[2] for r in rows]), "data_s": 0.0},
-        "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "peak_rss_bytes": peak_rss_bytes(),
         "peak_gpu_bytes": torch.cuda.max_memory_allocated(dev) if dev.type == "cuda" else None,
         "params": sum(p.numel() for p in model.parameters()),
     }, indent=2))
+
+
+def peak_rss_bytes():
+    """This process's peak resident memory: VmHWM, as the Rust side reads it. (ru_maxrss is
+    not used where /proc is: Linux carries it over exec from the parent, so a child of a
+    large `cargo xtask bench compare` reported the parent's peak.)"""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def to_device(v, dev):
