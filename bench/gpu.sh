@@ -36,7 +36,7 @@ measure() {
     fi
     local start=$SECONDS status=0
     "$@" > "$out/$name.$ext" 2> "$out/$name.err" || status=$?
-    [[ -n $sampler ]] && kill "$sampler" 2> /dev/null
+    [[ -n $sampler ]] && { kill "$sampler" 2> /dev/null || true; }
     local peak=
     [[ -s $out/mem-$name.txt ]] && peak=$(sort -n "$out/mem-$name.txt" | tail -1)
     echo "$name: exit $status, $((SECONDS - start)) s, peak GPU memory in use ${peak:-n/a} MiB" \
@@ -61,7 +61,7 @@ if "$python" -c "import torch, transformers" 2> /dev/null; then
 fi
 for f in "$out"/train-paper-*.json "$out"/torch-paper-*.json; do
     [[ -s $f ]] || continue
-    sps=$(grep -A1 '"samples_per_s"' "$f" | sed -n 's/.*"median": \([0-9.]*\).*/\1/p' | head -1)
+    sps=$(grep -A1 '"samples_per_s"' "$f" | sed -n 's/.*"median": \([0-9.]*\).*/\1/p' | head -1 || true)
     echo "$(basename "$f" .json): ${sps:-?} samples/s (median)" | tee -a "$summary"
 done
 if [[ $reproduce_s -gt 0 ]]; then
