@@ -239,10 +239,18 @@ impl Context {
             data,
             downstream,
             device: parse_device(device)?,
-            device_name: if device == "cpu" {
-                format!("cpu ({threads} threads)")
-            } else {
-                device.to_string()
+            device_name: {
+                let name = if device == "cpu" {
+                    let plural = if threads == "1" { "" } else { "s" };
+                    format!("cpu ({threads} thread{plural})")
+                } else {
+                    device.to_string()
+                };
+                // The report's hardware column says when the products ran in bf16.
+                match msp_model::ops::precision() {
+                    msp_model::ops::Precision::F32 => name,
+                    p => format!("{name}, {p} products"),
+                }
             },
             tasks: parse_tasks(tasks)?,
             data_seconds: t0.elapsed().as_secs_f64(),

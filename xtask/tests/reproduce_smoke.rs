@@ -1,7 +1,7 @@
 //! The main job end to end: `cargo xtask reproduce --preset smoke` from nothing (world,
 //! T→P→S, every downstream task, report), then `eval score` on one of its prediction files,
 //! then `finetune` pointed at the reproduce directory (an error naming the run inside it),
-//! then a rerun that reuses everything.
+//! then a rerun that reuses everything; then a run with bf16 products.
 
 use std::path::Path;
 use std::process::Command;
@@ -143,4 +143,29 @@ fn reproduce_smoke_writes_the_papers_tables() {
     let report2: serde_json::Value =
         serde_json::from_slice(&std::fs::read(run.join("report.json")).unwrap()).unwrap();
     assert_eq!(report2["results"], report["results"]);
+    assert_eq!(report["resources"]["device"], "cpu (1 thread)");
+
+    // With bf16 products (VQA only, to keep it short): the report says so.
+    let bf16 = [
+        "reproduce",
+        "--preset",
+        "smoke",
+        "--out",
+        "runs/bf16",
+        "--presets-dir",
+        presets.to_str().unwrap(),
+        "--task",
+        "vqa",
+        "--precision",
+        "bf16",
+    ];
+    xtask(&bf16, root);
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(root.join("runs/bf16/report.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        report["resources"]["device"],
+        "cpu (1 thread), bf16 products"
+    );
+    pct(&report["results"]["vqa"]["test_accuracy"]);
 }
