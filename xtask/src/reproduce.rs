@@ -224,14 +224,6 @@ impl Context {
         )?;
         let data = open_data(&data_dir, &preset)?;
         let downstream = DownstreamData::open(&data_dir)?;
-        let threads = std::env::var("RAYON_NUM_THREADS")
-            .ok()
-            .or_else(|| {
-                std::thread::available_parallelism()
-                    .ok()
-                    .map(|n| n.to_string())
-            })
-            .unwrap_or_default();
         Ok(Self {
             preset_name: preset_name.to_string(),
             finetune,
@@ -239,19 +231,7 @@ impl Context {
             data,
             downstream,
             device: parse_device(device)?,
-            device_name: {
-                let name = if device == "cpu" {
-                    let plural = if threads == "1" { "" } else { "s" };
-                    format!("cpu ({threads} thread{plural})")
-                } else {
-                    device.to_string()
-                };
-                // The report's hardware column says when the products ran in bf16.
-                match msp_model::ops::precision() {
-                    msp_model::ops::Precision::F32 => name,
-                    p => format!("{name}, {p} products"),
-                }
-            },
+            device_name: hardware_name(device),
             tasks: parse_tasks(tasks)?,
             data_seconds: t0.elapsed().as_secs_f64(),
             preset,
@@ -488,6 +468,29 @@ pub fn run_reproduce(args: ReproduceArgs) -> anyhow::Result<()> {
         out.join("report.md").display()
     );
     Ok(())
+}
+
+/// The report's hardware column: the device (the CPU with its thread count), and the
+/// products' precision when it is not f32.
+fn hardware_name(device: &str) -> String {
+    let name = if device == "cpu" {
+        let threads = std::env::var("RAYON_NUM_THREADS")
+            .ok()
+            .or_else(|| {
+                std::thread::available_parallelism()
+                    .ok()
+                    .map(|n| n.to_string())
+            })
+            .unwrap_or_default();
+        let plural = if threads == "1" { "" } else { "s" };
+        format!("cpu ({threads} thread{plural})")
+    } else {
+        device.to_string()
+    };
+    match msp_model::ops::precision() {
+        msp_model::ops::Precision::F32 => name,
+        p => format!("{name}, {p} products"),
+    }
 }
 
 /// The preset a Table 4 row pre-trains with: `base` with the row's task lists. The row defines

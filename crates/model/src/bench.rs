@@ -242,15 +242,14 @@ pub fn bench_gemm(square: usize, rows: usize, reps: usize, dev: &Device) -> Resu
         ),
     ];
     let dtype = crate::ops::precision().dtype();
+    let randn = |rows, cols| Tensor::randn(0f32, 1.0, (rows, cols), dev)?.to_dtype(dtype);
     let mut shapes = Vec::new();
     for (name, m, k, n, rhs_transposed) in cases {
-        let a = Tensor::randn(0f32, 1.0, (m, k), dev)?.to_dtype(dtype)?;
+        let a = randn(m, k)?;
         let b = if rhs_transposed {
-            Tensor::randn(0f32, 1.0, (n, k), dev)?
-                .to_dtype(dtype)?
-                .t()?
+            randn(n, k)?.t()?
         } else {
-            Tensor::randn(0f32, 1.0, (k, n), dev)?.to_dtype(dtype)?
+            randn(k, n)?
         };
         let median = |f: &dyn Fn(&Tensor, &Tensor) -> candle_core::Result<Tensor>| -> Result<f64> {
             let run = || -> Result<f64> {

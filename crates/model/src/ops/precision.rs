@@ -95,9 +95,10 @@ pub(super) fn products_fused(x: &Tensor) -> bool {
 /// [`precision`]: in bf16, f32 operands are rounded to bf16 and the product returned in f32,
 /// so the backward runs the gradient products in bf16 too and hands f32 gradients back.
 pub fn autocast_matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
-    if precision() == Precision::Bf16 && a.dtype() == DType::F32 && b.dtype() == DType::F32 {
-        a.to_dtype(DType::BF16)?
-            .matmul(&b.to_dtype(DType::BF16)?)?
+    let p = precision();
+    if p != Precision::F32 && a.dtype() == DType::F32 && b.dtype() == DType::F32 {
+        a.to_dtype(p.dtype())?
+            .matmul(&b.to_dtype(p.dtype())?)?
             .to_dtype(DType::F32)
     } else {
         a.matmul(b)
