@@ -133,8 +133,8 @@ impl LxmertAttention {
         let scale = 1.0 / (self.head_dim as f64).sqrt();
         let keep = self
             .dropout
-            .keep_flags_rows(b * self.heads, rows, lk, train)?;
-        let dropout = keep.as_deref().map(|keep| crate::ops::AttentionDropout {
+            .keep_mask_rows(b * self.heads, rows, lk, train)?;
+        let dropout = keep.as_ref().map(|keep| crate::ops::AttentionDropout {
             keep,
             scale: self.dropout.keep_scale(),
         });
@@ -144,7 +144,7 @@ impl LxmertAttention {
     /// Draws the dropout masks a forward with `lq` query rows over `lk` keys would, without
     /// computing anything.
     fn skip_t(&self, b: usize, lq: usize, lk: usize, train: bool) -> Result<()> {
-        self.dropout.keep_flags(b * self.heads * lq * lk, train)?;
+        self.dropout.keep_mask(b * self.heads * lq * lk, train)?;
         Ok(())
     }
 }
@@ -189,12 +189,12 @@ impl DenseResidualNorm {
         let y = self.dense.forward(x)?;
         let h = y.dim(candle_core::D::Minus1)?;
         let outer = y.elem_count() / (rows.kept * h).max(1);
-        let keep = self.dropout.keep_flags_rows(outer, rows, h, train)?;
+        let keep = self.dropout.keep_mask_rows(outer, rows, h, train)?;
         let scale = self.dropout.keep_scale();
         self.layer_norm.forward(&crate::ops::dropout_add(
             &y,
             residual,
-            keep.as_deref(),
+            keep.as_ref(),
             scale,
         )?)
     }
@@ -202,7 +202,7 @@ impl DenseResidualNorm {
     /// Draws the dropout mask of a forward over `n` rows, without computing anything.
     fn skip_t(&self, n: usize, train: bool) -> Result<()> {
         self.dropout
-            .keep_flags(n * self.dense.weight().dim(0)?, train)?;
+            .keep_mask(n * self.dense.weight().dim(0)?, train)?;
         Ok(())
     }
 }

@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
+use crate::ops::KeepMask;
 use candle_core::{DType, Device, Module, Result, Shape, Tensor, Var};
 use candle_nn::{Init, VarBuilder, VarMap};
 use rand::rngs::StdRng;
@@ -167,7 +168,7 @@ impl Dropout {
 
     /// Applies dropout when `train`, identity otherwise.
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        match self.keep_flags(x.elem_count(), train)? {
+        match self.keep_mask(x.elem_count(), train)? {
             Some(keep) => crate::ops::dropout_masked(x, &keep, self.keep_scale()),
             None => Ok(x.clone()),
         }
@@ -176,40 +177,37 @@ impl Dropout {
     /// `n` keep flags drawn from the shared generator (each kept with probability `1 − p`),
     /// or `None` when dropout is off (`!train` or `p = 0`): the mask [`Self::forward_t`]
     /// applies, for a fused op that applies it itself.
-    pub fn keep_flags(&self, n: usize, train: bool) -> Result<Option<Vec<bool>>> {
+    pub fn keep_mask(&self, n: usize, train: bool) -> Result<Option<KeepMask>> {
         if !train || self.p <= 0.0 {
             return Ok(None);
         }
-        let p = self.p as f32;
         let mut rng = self
             .rng
             .0
             .lock()
             .map_err(|_| candle_core::Error::Msg("dropout RNG poisoned".into()))?;
-        Ok(Some((0..n).map(|_| rng.random::<f32>() >= p).collect()))
+        Ok(Some(KeepMask::draw(&mut *rng, n, self.p as f32)))
     }
 
     /// The keep flags of the first `rows.kept` of `rows.of` rows of a `[outer, rows.of,
-    /// inner]` tensor: drawn as [`Self::keep_flags`] draws them for the whole tensor, then
+    /// inner]` tensor: drawn as [`Self::keep_mask`] draws them for the whole tensor, then
     /// those of the other rows dropped. A forward that computes only the first rows thus
     /// applies the masks the full forward applies to them, and leaves the stream where the
     /// full forward leaves it.
-    pub fn keep_flags_rows(
+    pub fn keep_mask_rows(
         &self,
         outer: usize,
         rows: Rows,
         inner: usize,
         train: bool,
-    ) -> Result<Option<Vec<bool>>> {
-        let flags = self.keep_flags(outer * rows.of * inner, train)?;
-        Ok(flags.map(|f| {
-            if rows.kept == rows.of {
-                return f;
+    ) -> Result<Option<KeepMask>> {
+        let mask = self.keep_mask(outer * rows.of * inner, train)?;
+        match mask {
+            Some(m) if rows.kept != rows.of => {
+                Ok(Some(m.first_rows(outer, rows.kept, rows.of, inner)?))
             }
-            f.chunks(rows.of * inner)
-                .flat_map(|c| c[..rows.kept * inner].iter().copied())
-                .collect()
-        }))
+            m => Ok(m),
+        }
     }
 
     /// The factor for kept elements, `1 / (1 − p)`.
@@ -219,7 +217,7 @@ impl Dropout {
 }
 
 /// Which rows along the sequence dimension a layer computes: the first `kept` of `of`.
-/// Dropout draws its masks for all `of` (see [`Dropout::keep_flags_rows`]).
+/// Dropout draws its masks for all `of` (see [`Dropout::keep_mask_rows`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Rows {
     /// Rows computed (a prefix of the sequence).
@@ -402,19 +400,20 @@ mod tests {
     fn row_flags_are_the_full_flags_of_those_rows() {
         let draw = |rows: Rows| {
             let d = Dropout::new(0.5, &DropoutRng::new(3));
-            let flags = d.keep_flags_rows(2, rows, 2, true).unwrap().unwrap();
+            let flags = d.keep_mask_rows(2, rows, 2, true).unwrap().unwrap();
             // The stream continues where the full draw of 2 · 3 · 2 flags leaves it.
-            (flags, d.keep_flags(4, true).unwrap().unwrap())
+            (flags, d.keep_mask(4, true).unwrap().unwrap())
         };
         let (full, next_full) = draw(Rows::all(3));
         let (first, next_first) = draw(Rows::first(1, 3));
         assert_eq!(full.len(), 12);
         // [outer 2, rows 3, inner 2]: row 0 of each outer block is flags 0–1 and 6–7.
-        assert_eq!(first, [full[0], full[1], full[6], full[7]]);
+        let expected = [0, 1, 6, 7].map(|i| full.get(i));
+        assert_eq!(first, KeepMask::from_flags(&expected));
         assert_eq!(next_first, next_full);
         let off = Dropout::new(0.5, &DropoutRng::new(3));
         assert!(off
-            .keep_flags_rows(2, Rows::first(1, 3), 2, false)
+            .keep_mask_rows(2, Rows::first(1, 3), 2, false)
             .unwrap()
             .is_none());
     }

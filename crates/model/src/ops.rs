@@ -30,8 +30,10 @@ use rayon::prelude::*;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 mod attention;
+mod keep_mask;
 mod precision;
 pub use attention::{multi_head_attention, multi_head_attention_composite, AttentionDropout};
+pub use keep_mask::KeepMask;
 use precision::products_fused;
 pub use precision::{autocast_matmul, precision, with_precision, Precision};
 
@@ -750,13 +752,15 @@ impl CustomOp2 for GeluGradOp {
 /// inverted dropout with a mask drawn by the caller. Fused on the CPU in f32: the op keeps the
 /// mask as bits, where the composite `x · mask` keeps a whole f32 mask tensor alive until the
 /// backward (PyTorch keeps a byte per element); its backward applies the same mask.
-pub fn dropout_masked(x: &Tensor, keep: &[bool], scale: f32) -> Result<Tensor> {
+pub fn dropout_masked(x: &Tensor, keep: &KeepMask, scale: f32) -> Result<Tensor> {
     check_keep("dropout", keep.len(), x.elem_count())?;
     if fused(x) {
-        let bits = pack_bits(keep);
+        let bits = keep.words().to_vec();
         x.contiguous()?.apply_op1(DropoutOp { bits, scale })
     } else {
-        let mask: Vec<f32> = keep.iter().map(|&k| if k { scale } else { 0.0 }).collect();
+        let mask: Vec<f32> = (0..keep.len())
+            .map(|i| if keep.get(i) { scale } else { 0.0 })
+            .collect();
         let mask = Tensor::from_vec(mask, x.shape(), &candle_core::Device::Cpu)?
             .to_device(x.device())?
             .to_dtype(x.dtype())?;
@@ -772,19 +776,10 @@ fn check_keep(op: &str, flags: usize, elems: usize) -> Result<()> {
     Ok(())
 }
 
-/// Flag `i` of a mask packed by [`pack_bits`].
+/// Flag `i` of a mask's words ([`KeepMask`]).
 #[inline]
 fn kept(bits: &[u64], i: usize) -> bool {
     bits[i / 64] >> (i % 64) & 1 == 1
-}
-
-/// `keep` as bits, 64 flags to a word (flag i is bit i % 64 of word i / 64).
-fn pack_bits(keep: &[bool]) -> Vec<u64> {
-    let mut bits = vec![0u64; keep.len().div_ceil(64)];
-    for (i, _) in keep.iter().enumerate().filter(|(_, &k)| k) {
-        bits[i / 64] |= 1 << (i % 64);
-    }
-    bits
 }
 
 /// Multiplies by `scale` where the bit is set, 0 elsewhere (forward and backward alike).
@@ -827,7 +822,7 @@ impl CustomOp1 for DropoutOp {
 pub fn dropout_add(
     y: &Tensor,
     residual: &Tensor,
-    keep: Option<&[bool]>,
+    keep: Option<&KeepMask>,
     scale: f32,
 ) -> Result<Tensor> {
     if y.dims() != residual.dims() {
@@ -842,7 +837,7 @@ pub fn dropout_add(
     }
     if fused(y) && fused(residual) {
         let dropout = keep.map(|keep| DropoutOp {
-            bits: pack_bits(keep),
+            bits: keep.words().to_vec(),
             scale,
         });
         y.contiguous()?
@@ -856,7 +851,7 @@ pub fn dropout_add(
 pub fn dropout_add_composite(
     y: &Tensor,
     residual: &Tensor,
-    keep: Option<&[bool]>,
+    keep: Option<&KeepMask>,
     scale: f32,
 ) -> Result<Tensor> {
     match keep {
@@ -1294,16 +1289,17 @@ mod tests {
         // The composite reference: x · mask with the mask as an f32 tensor.
         let mask: Vec<f32> = keep.iter().map(|&k| if k { scale } else { 0.0 }).collect();
         let mask = Tensor::from_vec(mask, x.dims(), &Device::Cpu).unwrap();
+        let keep_mask = KeepMask::from_flags(&keep);
         check(
             std::slice::from_ref(&x),
-            |t| dropout_masked(&t[0], &keep, scale),
+            |t| dropout_masked(&t[0], &keep_mask, scale),
             |t| t[0].mul(&mask),
             1e-6,
         );
         // Dropped elements are exactly 0, kept ones x · scale; a transposed view is read in
         // its logical order.
         let xt = x.transpose(1, 2).unwrap();
-        let y: Vec<f32> = dropout_masked(&xt, &keep, scale)
+        let y: Vec<f32> = dropout_masked(&xt, &keep_mask, scale)
             .unwrap()
             .flatten_all()
             .unwrap()
@@ -1313,7 +1309,7 @@ mod tests {
         for ((&y, &v), &k) in y.iter().zip(&xv).zip(&keep) {
             assert_eq!(y, if k { v * scale } else { 0.0 });
         }
-        assert!(dropout_masked(&x, &keep[1..], scale).is_err());
+        assert!(dropout_masked(&x, &KeepMask::from_flags(&keep[1..]), scale).is_err());
     }
 
     #[test]
@@ -1475,7 +1471,8 @@ mod tests {
                 .map(|i| if i % 4 == 3 { -10000.0 } else { 0.0 })
                 .collect();
             let mask = Tensor::from_vec(mask, (batch, 1, 1, lk), &Device::Cpu).unwrap();
-            let keep: Vec<bool> = (0..batch * heads * lq * lk).map(|i| i % 5 != 2).collect();
+            let flags: Vec<bool> = (0..batch * heads * lq * lk).map(|i| i % 5 != 2).collect();
+            let keep = KeepMask::from_flags(&flags);
             let drop = AttentionDropout {
                 keep: &keep,
                 scale: 1.25,
@@ -1579,8 +1576,9 @@ mod tests {
         // More than one task of ELEMWISE_TASK elements, so the mask words are offset per task.
         let y = randn(&[3, 50, 130], 15, 1.0);
         let r = randn(&[3, 50, 130], 16, 1.0);
-        let keep: Vec<bool> = (0..y.elem_count()).map(|i| (i * 7) % 10 < 9).collect();
-        for k in [Some(keep.as_slice()), None] {
+        let flags: Vec<bool> = (0..y.elem_count()).map(|i| (i * 7) % 10 < 9).collect();
+        let keep = KeepMask::from_flags(&flags);
+        for k in [Some(&keep), None] {
             check(
                 &[y.clone(), r.clone()],
                 |t| dropout_add(&t[0], &t[1], k, 1.0 / 0.9),
@@ -1590,7 +1588,8 @@ mod tests {
         }
         // Hand value: (2, 3) with the second dropped, scale 2, plus (1, 1) → (5, 1).
         let t = |v: [f32; 2]| Tensor::new(&v, &Device::Cpu).unwrap();
-        let out = dropout_add(&t([2.0, 3.0]), &t([1.0, 1.0]), Some(&[true, false]), 2.0).unwrap();
+        let half = KeepMask::from_flags(&[true, false]);
+        let out = dropout_add(&t([2.0, 3.0]), &t([1.0, 1.0]), Some(&half), 2.0).unwrap();
         assert_eq!(out.to_vec1::<f32>().unwrap(), vec![5.0, 1.0]);
         assert!(dropout_add(
             &t([2.0, 3.0]),

@@ -10,8 +10,8 @@
 //! gradients.
 
 use super::{
-    autocast_matmul, check_keep, fused, gemm_into, kept, pack_bits, scaled_softmax_row, slice,
-    softmax_grad_row, Operand, SharedMut,
+    autocast_matmul, check_keep, fused, gemm_into, kept, scaled_softmax_row, slice,
+    softmax_grad_row, KeepMask, Operand, SharedMut,
 };
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Storage, Tensor};
 use rayon::prelude::*;
@@ -22,7 +22,7 @@ use std::sync::OnceLock;
 #[derive(Debug, Clone, Copy)]
 pub struct AttentionDropout<'a> {
     /// Keep flags, `B · heads · Lq · Lk` of them.
-    pub keep: &'a [bool],
+    pub keep: &'a KeepMask,
     /// Factor for kept probabilities.
     pub scale: f32,
 }
@@ -62,7 +62,7 @@ pub fn multi_head_attention(
         dims,
         scale: scale as f32,
         mask,
-        keep: dropout.map(|d| (pack_bits(d.keep), d.scale)),
+        keep: dropout.map(|d| (d.keep.words().to_vec(), d.scale)),
         saved_probs: OnceLock::new(),
     };
     q.contiguous()?

@@ -1,0 +1,128 @@
+//! Dropout keep masks as bits.
+
+use candle_core::{bail, Result};
+use rand::RngCore;
+
+/// A dropout keep mask: one flag per element of a row-major tensor, stored as bits (flag `i`
+/// is bit `i % 64` of word `i / 64`), the form the fused dropout kernels read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeepMask {
+    words: Vec<u64>,
+    len: usize,
+}
+
+impl KeepMask {
+    /// The mask of `flags` (`true`: keep).
+    pub fn from_flags(flags: &[bool]) -> Self {
+        let mut words = vec![0u64; flags.len().div_ceil(64)];
+        for (i, _) in flags.iter().enumerate().filter(|(_, &k)| k) {
+            words[i / 64] |= 1 << (i % 64);
+        }
+        Self {
+            words,
+            len: flags.len(),
+        }
+    }
+
+    /// `n` flags drawn from `rng`, each kept with probability `1 − p`: flag `i` is
+    /// `rng.random::<f32>() >= p` for the `i`-th draw (rand's `f32` is the top 24 bits of a
+    /// `u32` times 2⁻²⁴), decided on the integer without the float, so the same stream gives
+    /// the same mask as that comparison.
+    pub fn draw(rng: &mut impl RngCore, n: usize, p: f32) -> Self {
+        // u · 2⁻²⁴ ≥ p  ⇔  u ≥ ⌈p · 2²⁴⌉ (both sides exact: u < 2²⁴, p · 2²⁴ scales the exponent).
+        let threshold = (f64::from(p) * f64::from(1u32 << 24)).ceil().max(0.0) as u64;
+        let mut words = vec![0u64; n.div_ceil(64)];
+        for (w, word) in words.iter_mut().enumerate() {
+            let bits = (n - w * 64).min(64);
+            for b in 0..bits {
+                let u = u64::from(rng.next_u32() >> 8);
+                *word |= u64::from(u >= threshold) << b;
+            }
+        }
+        Self { words, len: n }
+    }
+
+    /// Number of flags.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the mask has no flags.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Flag `i`.
+    #[inline]
+    pub fn get(&self, i: usize) -> bool {
+        self.words[i / 64] >> (i % 64) & 1 == 1
+    }
+
+    /// The flags of a `[outer, of, inner]` tensor's first `kept` rows along the middle
+    /// dimension, in order: the mask of `[outer, kept, inner]`.
+    pub fn first_rows(&self, outer: usize, kept: usize, of: usize, inner: usize) -> Result<Self> {
+        if outer * of * inner != self.len || kept > of {
+            bail!(
+                "keep mask: {} flags, not [{outer}, {of}, {inner}] with {kept} rows kept",
+                self.len
+            )
+        }
+        let flags: Vec<bool> = (0..outer)
+            .flat_map(|o| (0..kept * inner).map(move |j| o * of * inner + j))
+            .map(|i| self.get(i))
+            .collect();
+        Ok(Self::from_flags(&flags))
+    }
+
+    /// The words (64 flags each, the last one padded with zeros).
+    pub(crate) fn words(&self) -> &[u64] {
+        &self.words
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+
+    #[test]
+    fn drawn_masks_equal_rands_float_comparison() {
+        // The reference is rand's own f32 sample compared with p, on the same stream.
+        for (seed, p) in [
+            (1, 0.1f32),
+            (2, 0.25),
+            (3, 0.5),
+            (4, 1.0 / 3.0),
+            (5, 0.999_99),
+        ] {
+            let n = 10_007;
+            let mut a = StdRng::seed_from_u64(seed);
+            let mut b = StdRng::seed_from_u64(seed);
+            let flags: Vec<bool> = (0..n).map(|_| a.random::<f32>() >= p).collect();
+            let mask = KeepMask::draw(&mut b, n, p);
+            assert_eq!(mask, KeepMask::from_flags(&flags), "p = {p}");
+            // Both leave the stream at the same place.
+            assert_eq!(a.next_u32(), b.next_u32());
+        }
+        // The edges: p = 0 keeps everything, p = 1 nothing.
+        let mut r = StdRng::seed_from_u64(6);
+        assert!((0..100).all(|i| KeepMask::draw(&mut r, 100, 0.0).get(i)));
+        assert!((0..100).all(|i| !KeepMask::draw(&mut r, 100, 1.0).get(i)));
+    }
+
+    #[test]
+    fn flags_round_trip_and_rows_are_selected() {
+        // Flags 0, 2, 64 and 66 of 67 (three words' worth of boundaries).
+        let flags: Vec<bool> = (0..67).map(|i| i % 64 == 0 || i % 64 == 2).collect();
+        let m = KeepMask::from_flags(&flags);
+        assert_eq!(m.len(), 67);
+        assert_eq!(m.words(), [0b101, 0b101]);
+        assert!((0..67).all(|i| m.get(i) == flags[i]));
+        // [outer 2, rows 3, inner 2], first row: flags 0–1 and 6–7.
+        let f: Vec<bool> = (0..12).map(|i| [0, 3, 6, 7, 11].contains(&i)).collect();
+        let rows = KeepMask::from_flags(&f).first_rows(2, 1, 3, 2).unwrap();
+        assert_eq!(rows, KeepMask::from_flags(&[true, false, true, true]));
+        assert!(KeepMask::from_flags(&f).first_rows(2, 1, 4, 2).is_err());
+    }
+}
