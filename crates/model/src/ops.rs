@@ -755,8 +755,8 @@ impl CustomOp2 for GeluGradOp {
 pub fn dropout_masked(x: &Tensor, keep: &KeepMask, scale: f32) -> Result<Tensor> {
     check_keep("dropout", keep.len(), x.elem_count())?;
     if fused(x) {
-        let bits = keep.words().to_vec();
-        x.contiguous()?.apply_op1(DropoutOp { bits, scale })
+        let keep = keep.clone();
+        x.contiguous()?.apply_op1(DropoutOp { keep, scale })
     } else {
         let mask: Vec<f32> = (0..keep.len())
             .map(|i| if keep.get(i) { scale } else { 0.0 })
@@ -776,7 +776,7 @@ fn check_keep(op: &str, flags: usize, elems: usize) -> Result<()> {
     Ok(())
 }
 
-/// Flag `i` of a mask's words ([`KeepMask`]).
+/// Flag `i` of a [`KeepMask`]'s words (or of a run of them starting at a word boundary).
 #[inline]
 fn kept(bits: &[u64], i: usize) -> bool {
     bits[i / 64] >> (i % 64) & 1 == 1
@@ -784,7 +784,7 @@ fn kept(bits: &[u64], i: usize) -> bool {
 
 /// Multiplies by `scale` where the bit is set, 0 elsewhere (forward and backward alike).
 struct DropoutOp {
-    bits: Vec<u64>,
+    keep: KeepMask,
     scale: f32,
 }
 
@@ -799,7 +799,7 @@ impl CustomOp1 for DropoutOp {
         // ELEMWISE_TASK is a multiple of 64, so each task starts on a word of the mask.
         out.par_chunks_mut(ELEMWISE_TASK)
             .zip(x.par_chunks(ELEMWISE_TASK))
-            .zip(self.bits.par_chunks(ELEMWISE_TASK / 64))
+            .zip(self.keep.words().par_chunks(ELEMWISE_TASK / 64))
             .for_each(|((o, x), bits)| {
                 for (i, (o, &v)) in o.iter_mut().zip(x).enumerate() {
                     if kept(bits, i) {
@@ -837,7 +837,7 @@ pub fn dropout_add(
     }
     if fused(y) && fused(residual) {
         let dropout = keep.map(|keep| DropoutOp {
-            bits: keep.words().to_vec(),
+            keep: keep.clone(),
             scale,
         });
         y.contiguous()?
@@ -885,7 +885,7 @@ impl CustomOp2 for DropoutAddOp {
             .enumerate()
             .for_each(|(c, (o, y))| match &self.dropout {
                 Some(d) => {
-                    let bits = &d.bits[c * ELEMWISE_TASK / 64..];
+                    let bits = &d.keep.words()[c * ELEMWISE_TASK / 64..];
                     for (i, (o, &v)) in o.iter_mut().zip(y).enumerate() {
                         if kept(bits, i) {
                             *o += v * d.scale;

@@ -10,8 +10,8 @@
 //! gradients.
 
 use super::{
-    autocast_matmul, check_keep, fused, gemm_into, kept, scaled_softmax_row, slice,
-    softmax_grad_row, KeepMask, Operand, SharedMut,
+    autocast_matmul, check_keep, fused, gemm_into, scaled_softmax_row, slice, softmax_grad_row,
+    KeepMask, Operand, SharedMut,
 };
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Storage, Tensor};
 use rayon::prelude::*;
@@ -62,7 +62,7 @@ pub fn multi_head_attention(
         dims,
         scale: scale as f32,
         mask,
-        keep: dropout.map(|d| (d.keep.words().to_vec(), d.scale)),
+        keep: dropout.map(|d| (d.keep.clone(), d.scale)),
         saved_probs: OnceLock::new(),
     };
     q.contiguous()?
@@ -159,8 +159,8 @@ struct AttentionOp {
     scale: f32,
     /// Additive mask `[B, Lk]`.
     mask: Option<Vec<f32>>,
-    /// Dropout keep bits over `[B, heads, Lq, Lk]` and the factor for kept probabilities.
-    keep: Option<(Vec<u64>, f32)>,
+    /// Dropout keep flags over `[B, heads, Lq, Lk]` and the factor for kept probabilities.
+    keep: Option<(KeepMask, f32)>,
     /// The probabilities before dropout, `[B, heads, Lq, Lk]`, kept by the forward for the
     /// backward.
     saved_probs: OnceLock<Vec<f32>>,
@@ -193,14 +193,10 @@ impl AttentionOp {
 
     /// Applies the dropout of head `h` of example `b` to `p [Lq, Lk]` in place.
     fn drop(&self, b: usize, h: usize, p: &mut [f32]) {
-        if let Some((bits, factor)) = &self.keep {
+        if let Some((keep, factor)) = &self.keep {
             let base = (b * self.dims.heads + h) * p.len();
             for (i, x) in p.iter_mut().enumerate() {
-                *x = if kept(bits, base + i) {
-                    *x * factor
-                } else {
-                    0.0
-                };
+                *x = if keep.get(base + i) { *x * factor } else { 0.0 };
             }
         }
     }

@@ -55,7 +55,7 @@ impl KeepMask {
     /// Flag `i`.
     #[inline]
     pub fn get(&self, i: usize) -> bool {
-        self.words[i / 64] >> (i % 64) & 1 == 1
+        super::kept(&self.words, i)
     }
 
     /// The flags of a `[outer, of, inner]` tensor's first `kept` rows along the middle
