@@ -180,6 +180,9 @@ struct TrainReport {
     params: usize,
     text_len: usize,
     regions: usize,
+    /// Language rows per example the last cross layer computes (row 0 and the MLM rows,
+    /// padded to the batch's most; expected value for the synthetic masking).
+    last_language_rows: usize,
     /// Analytic matmul FLOPs of one example's training step (3 × forward).
     train_gflop_per_sample: f64,
     gemm_peak_gflops: f64,
@@ -218,7 +221,7 @@ fn run_train(a: TrainArgs) -> anyhow::Result<()> {
         steps: a.steps.max(1),
         optimizer: OptimizerConfig::bert_adam(),
     };
-    let (cfg, variant, text_len, regions, timings, loader) = if a.config == "paper" {
+    let (cfg, variant, text_len, regions, mlm, timings, loader) = if a.config == "paper" {
         let cfg = match &a.model_config {
             Some(path) => Config::from_json_file(path)?,
             None => Config::default(),
@@ -231,7 +234,7 @@ fn run_train(a: TrainArgs) -> anyhow::Result<()> {
             &opts,
             &device,
         )?;
-        (cfg, variant, a.text_len, a.regions, vec![t], None)
+        (cfg, variant, a.text_len, a.regions, true, vec![t], None)
     } else {
         let PresetWorkload {
             run,
@@ -256,18 +259,30 @@ fn run_train(a: TrainArgs) -> anyhow::Result<()> {
             None
         };
         let variant = run.model_preset.variant()?;
+        let mlm = run.stages[stage].sources.iter().any(|s| {
+            s.tasks
+                .parse::<msp_tasks::TaskSet>()
+                .is_ok_and(|t| t.contains(msp_tasks::Task::Mlm))
+        });
         (
             run.model.clone(),
             variant,
             text_len,
             regions,
+            mlm,
             timings.to_vec(),
             loader,
         )
     };
     // MLM at ≈ 15% of the positions (at least one), as the batches mask.
     let masked = (text_len as f64 * 0.15).ceil().max(1.0) as usize;
-    let train_flop = 3.0 * msp_model::forward_flops(&cfg, variant, text_len, regions, masked);
+    let last_language_rows = if mlm {
+        expected_language_rows(text_len, a.batch)
+    } else {
+        1
+    };
+    let train_flop = 3.0
+        * msp_model::forward_flops(&cfg, variant, text_len, regions, masked, last_language_rows);
     let params = msp_model::param_count(&cfg, variant)?.total;
     let runs: Vec<TrainRun> = timings
         .into_iter()
@@ -293,6 +308,7 @@ fn run_train(a: TrainArgs) -> anyhow::Result<()> {
         params,
         text_len,
         regions,
+        last_language_rows,
         train_gflop_per_sample: train_flop / 1e9,
         gemm_peak_gflops: gemm_peak,
         runs,
@@ -327,6 +343,28 @@ fn run_train(a: TrainArgs) -> anyhow::Result<()> {
         println!("peak RSS: {:.2} GiB", b as f64 / (1u64 << 30) as f64);
     }
     Ok(())
+}
+
+/// The language rows per example the last cross layer computes with MLM in a batch of
+/// `batch` texts of `len` tokens (`msp_model::LanguageRows`: row 0 and the masked rows,
+/// padded to the batch's most), expected under the synthetic batch's masking (one forced
+/// position and each other one of the `len − 2` at 15%): `2 + E[max of batch Bin(len − 2,
+/// 0.15)]`, rounded, at most `len`.
+fn expected_language_rows(len: usize, batch: usize) -> usize {
+    let n = len.saturating_sub(2);
+    let p = 0.15f64;
+    // pmf of Bin(n, p), then E[max] = Σ_{k ≥ 1} P(max ≥ k) = Σ (1 − F(k − 1)^batch).
+    let mut pmf = vec![(1.0 - p).powi(n as i32); n + 1];
+    for k in 1..=n {
+        pmf[k] = pmf[k - 1] * (n - k + 1) as f64 / k as f64 * p / (1.0 - p);
+    }
+    let mut cdf = 0.0;
+    let mut expected_max = 0.0;
+    for &q in &pmf[..n] {
+        cdf += q;
+        expected_max += 1.0 - cdf.powi(batch.max(1) as i32);
+    }
+    ((2.0 + expected_max).round() as usize).min(len.max(1))
 }
 
 /// A preset's pre-training workload: its resolved run (T,P,S, seed 0), data and one stage.
@@ -500,4 +538,20 @@ fn run_compare(a: CompareArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::expected_language_rows;
+
+    #[test]
+    fn expected_language_rows_by_hand() {
+        // 4 tokens: 2 + E[Bin(2, 0.15)] = 2.3 for one example; the most of many is 2 + 2.
+        assert_eq!(expected_language_rows(4, 1), 2);
+        assert_eq!(expected_language_rows(4, 1000), 4);
+        // 20 tokens, 32 examples: 8.148 by the same sum in Python (exact binomials), 8.14 by
+        // a Monte Carlo of the synthetic batch's masking.
+        assert_eq!(expected_language_rows(20, 32), 8);
+        assert_eq!(expected_language_rows(1, 32), 1);
+    }
 }

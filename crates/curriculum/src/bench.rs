@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use candle_core::{Device, Tensor};
 use msp_model::{pretraining_loss, Config, Lxmert, SyntheticBatch, Variant};
-use msp_tasks::{compute_losses, Batch, LossConfig};
+use msp_tasks::{compute_losses, forward_for_losses, Batch, LossConfig};
 use serde::Serialize;
 
 use crate::data::PretrainData;
@@ -218,7 +218,7 @@ pub fn bench_train_data(
     let model = Lxmert::new(&run.model, variant, run.seed, device)?;
     let loss_cfg = LossConfig::default();
     let loss = |b: &Batch| -> Result<Tensor> {
-        let out = model.model().forward_t(&b.inputs(), true)?;
+        let out = forward_for_losses(model.model(), b, true)?;
         Ok(compute_losses(model.model(), &out, b, &loss_cfg)?.total)
     };
     let mut cache = None;

@@ -120,6 +120,7 @@ mod tests {
         let visual = Tensor::new(&[[1f32, 1.0], [1.0, 1.0]], &dev)?;
         let out = msp_model::LxmertOutput {
             language_output: Tensor::zeros((2, 1, 2), DType::F32, &dev)?,
+            language_rows: None,
             vision_output: Tensor::zeros((2, 1, 2), DType::F32, &dev)?,
             pooled_output: text.mul(&visual)?,
             pooler_factors: Some((text, visual)),

@@ -7,7 +7,9 @@ use std::time::Instant;
 
 use candle_core::Device;
 use msp_model::{LoadOptions, Lxmert};
-use msp_tasks::{compute_losses, BatchBuilder, BuilderConfig, Example, RngState};
+use msp_tasks::{
+    compute_losses, forward_for_losses, BatchBuilder, BuilderConfig, Example, RngState,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::config::{Preset, Schedule, StageConfig, TextSource};
@@ -437,7 +439,7 @@ pub fn pretrain(
                     // Dropout masks are a function of (stage, micro-batch): a resumed run
                     // draws the masks the uninterrupted run drew.
                     model.reseed_dropout(stage_seed ^ k.wrapping_mul(0x9e37_79b9_7f4a_7c15));
-                    let out = model.model().forward_t(&batch.inputs(), true)?;
+                    let out = forward_for_losses(model.model(), &batch, true)?;
                     let losses = compute_losses(model.model(), &out, &batch, &loss_cfg)?;
                     let total = losses.total.to_scalar::<f32>()?;
                     if !total.is_finite() {

@@ -10,6 +10,7 @@ use serde::Serialize;
 
 use crate::config::{Config, Variant};
 use crate::error::Result;
+use crate::language_rows::LanguageRows;
 use crate::loss::{bce_with_logits, cross_entropy, kept_rows, smooth_l1};
 use crate::lxmert::LxmertInputs;
 use crate::model::Lxmert;
@@ -139,7 +140,8 @@ impl SyntheticBatch {
 /// A benchmark/test loss; the curriculum's task weighting lives in msp-tasks.
 pub fn pretraining_loss(model: &Lxmert, batch: &SyntheticBatch, train: bool) -> Result<Tensor> {
     let m = model.model();
-    let out = m.forward_t(&batch.inputs(), train)?;
+    let rows = LanguageRows::from_labels(&batch.mlm_labels)?;
+    let out = m.forward_rows_t(&batch.inputs(), &rows, train)?;
     let mut loss = cross_entropy(&m.itm.forward(&out.pooled_output)?, &batch.itm_labels)?;
     if let Some((rows, targets)) = kept_rows(&batch.mlm_labels)? {
         loss = (loss + cross_entropy(&m.mlm_logits_at(&out, &rows)?, &targets)?)?;
@@ -291,7 +293,9 @@ pub fn bench_gemm(square: usize, rows: usize, reps: usize, dev: &Device) -> Resu
 
 /// Analytic matrix-product FLOPs (2 × multiply-adds) of one example's forward pass through
 /// the backbone and the pre-training heads of [`pretraining_loss`]: `text_len` tokens,
-/// `regions` regions (plus the visual \[CLS\] of [`Variant::LxmertS`]), the MLM decoder at
+/// `regions` regions (plus the visual \[CLS\] of [`Variant::LxmertS`]), the last cross
+/// layer's language self-attention queries and FFN on `last_rows` rows (`text_len` for the
+/// full forward, fewer with [`crate::LxmertModel::forward_rows_t`]), the MLM decoder at
 /// `masked` positions. Element-wise work is not counted. A training step costs ≈ 3× this
 /// (backward: one product for the input gradient, one for the weight gradient).
 pub fn forward_flops(
@@ -300,13 +304,16 @@ pub fn forward_flops(
     text_len: usize,
     regions: usize,
     masked: usize,
+    last_rows: usize,
 ) -> f64 {
     let h = cfg.hidden_size as f64;
     let i = cfg.intermediate_size as f64;
     let l = text_len as f64;
     let n = (regions + usize::from(variant == Variant::LxmertS)) as f64;
-    // A post-LN BERT layer over t tokens attending to themselves.
-    let self_layer = |t: f64| 4.0 * h * h * t + 2.0 * t * t * h + 2.0 * h * i * t;
+    // A post-LN BERT layer over `q` query rows of `t` tokens attending to themselves: Q,
+    // output and FFN on the query rows, K and V on all.
+    let self_rows = |q: f64, t: f64| 2.0 * h * h * (q + t) + 2.0 * q * t * h + 2.0 * h * i * q;
+    let self_layer = |t: f64| self_rows(t, t);
     let mut macs = 0.0;
     // Visual feature and box encoders.
     macs += n * h * (cfg.visual_feat_dim + cfg.visual_pos_dim) as f64;
@@ -314,7 +321,11 @@ pub fn forward_flops(
     // Cross-modality layer: cross-attention both ways (Q, output on the query side; K, V on
     // the other), then a self-attention layer and an FFN on each side.
     let cross = 2.0 * h * h * (l + n) + 2.0 * h * h * (n + l) + 4.0 * l * n * h;
-    macs += cfg.x_layers as f64 * (cross + self_layer(l) + self_layer(n));
+    if cfg.x_layers > 0 {
+        let last = (last_rows.min(text_len)) as f64;
+        macs += (cfg.x_layers - 1) as f64 * (cross + self_layer(l) + self_layer(n));
+        macs += cross + self_rows(last, l) + self_layer(n);
+    }
     // Poolers (LXMERT-S has a second one over the visual [CLS]).
     let poolers = if variant == Variant::LxmertS {
         2.0

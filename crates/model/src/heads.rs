@@ -4,6 +4,7 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use crate::config::{Config, Variant};
+use crate::language_rows::LanguageRows;
 use crate::lxmert::{LxmertInputs, LxmertModel, LxmertOutput, LxmertPooled};
 use crate::nn::{gelu, DropoutRng, LayerNorm, Linear};
 
@@ -321,6 +322,17 @@ impl LxmertForPreTraining {
         self.lxmert.forward_t(inputs, train)
     }
 
+    /// Runs the backbone with the last cross layer computing only the language rows `rows`
+    /// ([`LxmertModel::forward_rows_t`]).
+    pub fn forward_rows_t(
+        &self,
+        inputs: &LxmertInputs<'_>,
+        rows: &LanguageRows,
+        train: bool,
+    ) -> crate::Result<LxmertOutput> {
+        self.lxmert.forward_rows_t(inputs, rows, train)
+    }
+
     /// The backbone's pooled output alone ([`LxmertModel::forward_pooled_t`]).
     pub fn forward_pooled_t(
         &self,
@@ -352,10 +364,15 @@ impl LxmertForPreTraining {
     }
 
     /// MLM logits at the flat positions `rows` (u32 indices into `B·L`) → `[rows, V]`.
-    /// Only these rows are projected onto the vocabulary.
-    pub fn mlm_logits_at(&self, out: &LxmertOutput, rows: &Tensor) -> Result<Tensor> {
+    /// Only these rows are projected onto the vocabulary. After
+    /// [`LxmertModel::forward_rows_t`] every position must be among the computed rows.
+    pub fn mlm_logits_at(&self, out: &LxmertOutput, rows: &Tensor) -> crate::Result<Tensor> {
         let (b, l, h) = out.language_output.dims3()?;
         let flat = out.language_output.reshape((b * l, h))?;
-        self.mlm.forward(&flat.index_select(rows, 0)?)
+        let rows = match &out.language_rows {
+            Some(computed) => computed.slots_of(rows)?,
+            None => rows.clone(),
+        };
+        Ok(self.mlm.forward(&flat.index_select(&rows, 0)?)?)
     }
 }

@@ -20,7 +20,9 @@
 //! equal checkpoint keys by construction, and take `train: bool` in `forward_t`.
 //! Fine-tuning heads read only the pooled output: [`LxmertModel::forward_pooled_t`] gives it
 //! with the last cross layer run on the pooled rows alone (the same values and dropout masks
-//! as the full forward, about 12% less work at the paper's sizes).
+//! as the full forward, about 12% less work at the paper's sizes). Pre-training reads only
+//! row 0 and the MLM-masked rows of the language output: [`LxmertModel::forward_rows_t`]
+//! computes the last layer's language side on those ([`LanguageRows`]), the same again.
 //!
 //! Choices where the references are silent: the visual \[CLS\] is stored as one vector
 //! `lxmert.visual_cls.weight [visual_feat_dim]` (LXMERT-S keeps a whole `[vocab, 2048]` table
@@ -57,6 +59,7 @@ mod config;
 mod error;
 mod heads;
 mod io;
+mod language_rows;
 mod loss;
 mod lxmert;
 mod model;
@@ -79,11 +82,12 @@ pub use heads::{
     PredictionHeadTransform, TopicHead, VisualObjHead, VisualPredictions,
 };
 pub use io::{forward_files, ForwardReport};
+pub use language_rows::LanguageRows;
 pub use loss::{bce_with_logits, cross_entropy, kept_rows, masked_cross_entropy, smooth_l1};
 pub use lxmert::{
     permute_regions, AttentionLayer, DenseResidualNorm, FeedForward, LxmertAttention,
     LxmertEmbeddings, LxmertEncoder, LxmertInputs, LxmertLayer, LxmertModel, LxmertOutput,
-    LxmertPooled, LxmertPooler, LxmertXLayer, VisualFeatureEncoder, MASK_VALUE,
+    LxmertPooled, LxmertPooler, LxmertXLayer, OutputRows, VisualFeatureEncoder, MASK_VALUE,
 };
 pub use model::{build_with, module_of, param_count, seeded_var_builder, Lxmert, ParamCount};
 pub use nn::{gelu, Dropout, DropoutRng, Embedding, LayerNorm, Linear, Rows};

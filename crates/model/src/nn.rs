@@ -189,23 +189,26 @@ impl Dropout {
         Ok(Some(KeepMask::draw(&mut *rng, n, self.p as f32)))
     }
 
-    /// The keep flags of the first `rows.kept` of `rows.of` rows of a `[outer, rows.of,
-    /// inner]` tensor: drawn as [`Self::keep_mask`] draws them for the whole tensor, then
-    /// those of the other rows dropped. A forward that computes only the first rows thus
-    /// applies the masks the full forward applies to them, and leaves the stream where the
-    /// full forward leaves it.
+    /// The keep flags of the rows `rows` selects from a `[outer, rows.of, inner]` tensor:
+    /// drawn as [`Self::keep_mask`] draws them for the whole tensor, then those of the other
+    /// rows dropped. A forward that computes only some rows thus applies the masks the full
+    /// forward applies to them, and leaves the stream where the full forward leaves it.
     pub fn keep_mask_rows(
         &self,
         outer: usize,
-        rows: Rows,
+        rows: Rows<'_>,
         inner: usize,
         train: bool,
     ) -> Result<Option<KeepMask>> {
         let mask = self.keep_mask(outer * rows.of * inner, train)?;
         match mask {
-            Some(m) if rows.kept != rows.of => {
-                Ok(Some(m.first_rows(outer, rows.kept, rows.of, inner)?))
-            }
+            Some(m) if !rows.is_all() => Ok(Some(m.select_rows(
+                outer,
+                rows.of,
+                inner,
+                rows.kept,
+                |o, k| rows.row(o, outer, k),
+            )?)),
             m => Ok(m),
         }
     }
@@ -216,20 +219,28 @@ impl Dropout {
     }
 }
 
-/// Which rows along the sequence dimension a layer computes: the first `kept` of `of`.
-/// Dropout draws its masks for all `of` (see [`Dropout::keep_mask_rows`]).
+/// Which rows along the sequence dimension a layer computes: `kept` of `of`, the first ones
+/// or, with `pick`, chosen per example. Dropout draws its masks for all `of` (see
+/// [`Dropout::keep_mask_rows`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Rows {
-    /// Rows computed (a prefix of the sequence).
+pub struct Rows<'a> {
+    /// Rows computed per example.
     pub kept: usize,
     /// Rows of the full sequence.
     pub of: usize,
+    /// `[examples · kept]`: the rows of example `b` are `pick[b · kept..(b + 1) · kept]`;
+    /// `None`: the first `kept` rows of every example.
+    pub pick: Option<&'a [u32]>,
 }
 
-impl Rows {
+impl<'a> Rows<'a> {
     /// Every row of a sequence of `n`.
     pub fn all(n: usize) -> Self {
-        Self { kept: n, of: n }
+        Self {
+            kept: n,
+            of: n,
+            pick: None,
+        }
     }
 
     /// Every row of `x`, its elements grouped by the last dimension as one sequence.
@@ -244,6 +255,66 @@ impl Rows {
         Self {
             kept: kept.min(of),
             of,
+            pick: None,
+        }
+    }
+
+    /// The rows `pick` names, `kept` per example, of sequences of `of` (see [`Self::pick`]).
+    pub fn picked(pick: &'a [u32], kept: usize, of: usize) -> Result<Self> {
+        if kept == 0 || pick.len() % kept != 0 || pick.iter().any(|&r| r as usize >= of) {
+            candle_core::bail!(
+                "rows: {} picks, {kept} per example, of sequences of {of}",
+                pick.len()
+            )
+        }
+        Ok(Self {
+            kept,
+            of,
+            pick: Some(pick),
+        })
+    }
+
+    /// Whether every row is computed, in order.
+    pub fn is_all(&self) -> bool {
+        self.pick.is_none() && self.kept == self.of
+    }
+
+    /// The sequence row of computed row `k` in block `o` of `outer` blocks (the blocks are
+    /// the examples, or the examples' heads in order).
+    pub fn row(&self, o: usize, outer: usize, k: usize) -> usize {
+        match self.pick {
+            None => k,
+            Some(p) => {
+                let examples = p.len() / self.kept;
+                let per_example = (outer / examples.max(1)).max(1);
+                p[(o / per_example) * self.kept + k] as usize
+            }
+        }
+    }
+
+    /// The computed rows of `x [B, of, H]`, `[B, kept, H]`.
+    pub fn gather(&self, x: &Tensor) -> Result<Tensor> {
+        let (b, l, h) = x.dims3()?;
+        if l != self.of {
+            candle_core::bail!("rows: {l} rows, expected {}", self.of)
+        }
+        match self.pick {
+            None if self.kept == l => Ok(x.clone()),
+            None => x.narrow(1, 0, self.kept),
+            Some(p) => {
+                if p.len() != b * self.kept {
+                    candle_core::bail!("rows: {} picks for {b} × {} rows", p.len(), self.kept)
+                }
+                let flat: Vec<u32> = p
+                    .chunks(self.kept)
+                    .enumerate()
+                    .flat_map(|(e, rows)| rows.iter().map(move |&r| (e * l) as u32 + r))
+                    .collect();
+                let idx = Tensor::from_vec(flat, b * self.kept, x.device())?;
+                x.reshape((b * l, h))?
+                    .index_select(&idx, 0)?
+                    .reshape((b, self.kept, h))
+            }
         }
     }
 }
@@ -397,8 +468,21 @@ mod tests {
     }
 
     #[test]
+    fn rows_gather_the_first_or_the_picked_rows() {
+        // x [2, 3, 1], row r of example b holds 10 b + r.
+        let x = Tensor::new(&[[[0f32], [1.], [2.]], [[10.], [11.], [12.]]], &Device::Cpu).unwrap();
+        let values = |t: Tensor| -> Vec<f32> { t.flatten_all().unwrap().to_vec1().unwrap() };
+        assert_eq!(values(Rows::first(1, 3).gather(&x).unwrap()), [0., 10.]);
+        let pick = [0u32, 2, 1, 2];
+        let rows = Rows::picked(&pick, 2, 3).unwrap();
+        assert_eq!(values(rows.gather(&x).unwrap()), [0., 2., 11., 12.]);
+        assert!(Rows::picked(&pick, 2, 4).unwrap().gather(&x).is_err());
+        assert!(Rows::picked(&pick, 1, 3).unwrap().gather(&x).is_err());
+    }
+
+    #[test]
     fn row_flags_are_the_full_flags_of_those_rows() {
-        let draw = |rows: Rows| {
+        let draw = |rows: Rows<'_>| {
             let d = Dropout::new(0.5, &DropoutRng::new(3));
             let flags = d.keep_mask_rows(2, rows, 2, true).unwrap().unwrap();
             // The stream continues where the full draw of 2 · 3 · 2 flags leaves it.
@@ -411,6 +495,28 @@ mod tests {
         let expected = [0, 1, 6, 7].map(|i| full.get(i));
         assert_eq!(first, KeepMask::from_flags(&expected));
         assert_eq!(next_first, next_full);
+        // Rows picked per example: [outer 2 = 2 examples, rows 3, inner 2], row 2 of
+        // example 0 (flags 4–5) and row 0 of example 1 (flags 6–7).
+        let pick = [2u32, 0];
+        let (picked, next_picked) = draw(Rows::picked(&pick, 1, 3).unwrap());
+        let expected = [4, 5, 6, 7].map(|i| full.get(i));
+        assert_eq!(picked, KeepMask::from_flags(&expected));
+        assert_eq!(next_picked, next_full);
+        // Four outer blocks are two examples' two heads each: blocks 0–1 read example 0's
+        // row 2, blocks 2–3 example 1's row 0.
+        let d = Dropout::new(0.5, &DropoutRng::new(4));
+        let heads = d
+            .keep_mask_rows(4, Rows::picked(&pick, 1, 3).unwrap(), 1, true)
+            .unwrap()
+            .unwrap();
+        let all = Dropout::new(0.5, &DropoutRng::new(4))
+            .keep_mask(12, true)
+            .unwrap()
+            .unwrap();
+        let expected = [2, 5, 6, 9].map(|i| all.get(i));
+        assert_eq!(heads, KeepMask::from_flags(&expected));
+        assert!(Rows::picked(&pick, 1, 2).is_err());
+        assert!(Rows::picked(&pick, 0, 3).is_err());
         let off = Dropout::new(0.5, &DropoutRng::new(3));
         assert!(off
             .keep_mask_rows(2, Rows::first(1, 3), 2, false)

@@ -233,6 +233,74 @@ fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
     max_abs(&a.sub(b).unwrap())
 }
 
+/// A batch of 3 examples (6 tokens, 5 regions) with padded tokens and regions.
+struct Padded {
+    batch: SyntheticBatch,
+    lang_mask: Tensor,
+    visn_mask: Tensor,
+}
+
+impl Padded {
+    fn new(cfg: &Config, dev: &Device) -> Self {
+        let lang_mask = Tensor::new(
+            &[
+                [1u32, 1, 1, 1, 1, 1],
+                [1, 1, 1, 1, 0, 0],
+                [1, 1, 1, 1, 1, 0],
+            ],
+            dev,
+        )
+        .unwrap();
+        let visn_mask =
+            Tensor::new(&[[1u32, 1, 1, 1, 1], [1, 1, 1, 1, 1], [1, 1, 1, 0, 0]], dev).unwrap();
+        Self {
+            batch: SyntheticBatch::new(cfg, 3, 6, 5, 9, dev).unwrap(),
+            lang_mask,
+            visn_mask,
+        }
+    }
+
+    fn inputs(&self) -> msp_model::LxmertInputs<'_> {
+        msp_model::LxmertInputs {
+            attention_mask: Some(&self.lang_mask),
+            visual_attention_mask: Some(&self.visn_mask),
+            ..self.batch.inputs()
+        }
+    }
+}
+
+/// Every variable has the same gradient in `full` and `part` (to 1e-5 relative), or none in
+/// both; more than 50 have one.
+fn assert_same_gradients(
+    model: &Lxmert,
+    full: &candle_core::backprop::GradStore,
+    part: &candle_core::backprop::GradStore,
+    what: &str,
+) {
+    let mut with_grad = 0;
+    for (name, var) in model.named_vars() {
+        match (full.get(&var), part.get(&var)) {
+            (Some(a), Some(b)) => {
+                let d = max_abs_diff(a, b);
+                assert!(
+                    d <= 1e-5 * max_abs(a).max(1.0),
+                    "{what}: gradient of {name} differs by {d}"
+                );
+                with_grad += 1;
+            }
+            (None, None) => {}
+            (a, _) => panic!(
+                "{what}: {name} has a gradient in the {} forward only",
+                if a.is_some() { "full" } else { "partial" }
+            ),
+        }
+    }
+    assert!(
+        with_grad > 50,
+        "{what}: {with_grad} variables with a gradient"
+    );
+}
+
 /// `forward_pooled_t` (the last cross layer on the pooled rows only) against the full forward
 /// (itself checked against PyTorch in `parity.rs`), with dropout on, padded tokens and
 /// regions: the same pooled output and pooler factors, the same gradient for every variable
@@ -244,26 +312,8 @@ fn pooled_forward_equals_the_full_forward() {
     for variant in [Variant::Lxmert, Variant::LxmertS] {
         let cfg = Config::tiny();
         let model = Lxmert::new(&cfg, variant, 5, &dev).unwrap();
-        let batch = SyntheticBatch::new(&cfg, 3, 6, 5, 9, &dev).unwrap();
-        let lang_mask = Tensor::new(
-            &[
-                [1u32, 1, 1, 1, 1, 1],
-                [1, 1, 1, 1, 0, 0],
-                [1, 1, 1, 1, 1, 0],
-            ],
-            &dev,
-        )
-        .unwrap();
-        let visn_mask = Tensor::new(
-            &[[1u32, 1, 1, 1, 1], [1, 1, 1, 1, 1], [1, 1, 1, 0, 0]],
-            &dev,
-        )
-        .unwrap();
-        let inputs = msp_model::LxmertInputs {
-            attention_mask: Some(&lang_mask),
-            visual_attention_mask: Some(&visn_mask),
-            ..batch.inputs()
-        };
+        let padded = Padded::new(&cfg, &dev);
+        let inputs = padded.inputs();
         let weights = Tensor::randn(0f32, 1.0, (3, cfg.hidden_size), &dev).unwrap();
         let m = model.model();
         for train in [false, true] {
@@ -297,28 +347,110 @@ fn pooled_forward_equals_the_full_forward() {
             let loss = |t: &Tensor| t.mul(&weights).unwrap().sum_all().unwrap();
             let gf = loss(&full[0].pooled_output).backward().unwrap();
             let gp = loss(&pooled[0].pooled_output).backward().unwrap();
-            let mut with_grad = 0;
-            for (name, var) in model.named_vars() {
-                match (gf.get(&var), gp.get(&var)) {
-                    (Some(a), Some(b)) => {
-                        let d = max_abs_diff(a, b);
-                        assert!(
-                            d <= 1e-5 * max_abs(a).max(1.0),
-                            "{variant} train={train}: gradient of {name} differs by {d}"
-                        );
-                        with_grad += 1;
-                    }
-                    (None, None) => {}
-                    (a, _) => panic!(
-                        "{variant}: {name} has a gradient in the {} forward only",
-                        if a.is_some() { "full" } else { "pooled" }
+            assert_same_gradients(&model, &gf, &gp, &format!("{variant} train={train}"));
+        }
+    }
+}
+
+/// `forward_rows_t` (the last cross layer on chosen language rows only) against the full
+/// forward, with dropout on, padded tokens and regions: the chosen rows of the language
+/// output, the whole vision and pooled outputs, the MLM logits at masked positions, the
+/// gradient of every variable, and the dropout stream left where the full forward leaves it.
+#[test]
+fn row_forward_equals_the_full_forward() {
+    let dev = Device::Cpu;
+    for variant in [Variant::Lxmert, Variant::LxmertS] {
+        let cfg = Config::tiny();
+        let model = Lxmert::new(&cfg, variant, 5, &dev).unwrap();
+        let padded = Padded::new(&cfg, &dev);
+        let inputs = padded.inputs();
+        // MLM labels at rows 2 and 5 of example 0, none in example 1, 1 and 3 in example 2:
+        // rows 0, 2, 5 / 0 and the padding 1, 2 / 0, 1, 3.
+        let labels = Tensor::new(
+            &[
+                [-1i64, -1, 4, -1, -1, 9],
+                [-1, -1, -1, -1, -1, -1],
+                [-1, 7, -1, 8, -1, -1],
+            ],
+            &dev,
+        )
+        .unwrap();
+        let rows = msp_model::LanguageRows::from_labels(&labels).unwrap();
+        assert_eq!(rows.kept(), 3);
+        let (masked, _) = msp_model::kept_rows(&labels).unwrap().unwrap();
+        let m = model.model();
+        let h = cfg.hidden_size;
+        let w_lang = Tensor::randn(0f32, 1.0, (3 * 3, h), &dev).unwrap();
+        // 5 regions, and LXMERT-S's visual [CLS].
+        let regions = 5 + usize::from(variant == Variant::LxmertS);
+        let w_visn = Tensor::randn(0f32, 1.0, (3, regions, h), &dev).unwrap();
+        for train in [false, true] {
+            model.reseed_dropout(7);
+            let full: Vec<_> = (0..2)
+                .map(|_| m.forward_t(&inputs, train).unwrap())
+                .collect();
+            model.reseed_dropout(7);
+            let part: Vec<_> = (0..2)
+                .map(|_| m.forward_rows_t(&inputs, &rows, train).unwrap())
+                .collect();
+            // The full forward's language rows that `rows` names, in its order.
+            let chosen = |f: &msp_model::LxmertOutput| -> Tensor {
+                let idx: Vec<u32> = (0..3)
+                    .flat_map(|b| (0..rows.kept()).map(move |k| (b, k)))
+                    .map(|(b, k)| (b * 6 + rows.row(b, k)) as u32)
+                    .collect();
+                let idx = Tensor::new(idx.as_slice(), &dev).unwrap();
+                f.language_output
+                    .reshape((18, h))
+                    .unwrap()
+                    .index_select(&idx, 0)
+                    .unwrap()
+            };
+            for (f, p) in full.iter().zip(&part) {
+                assert_eq!(p.language_output.dims(), [3, 3, h]);
+                let pl = p.language_output.reshape((9, h)).unwrap();
+                for (what, d) in [
+                    ("language rows", max_abs_diff(&chosen(f), &pl)),
+                    (
+                        "vision output",
+                        max_abs_diff(&f.vision_output, &p.vision_output),
                     ),
+                    (
+                        "pooled output",
+                        max_abs_diff(&f.pooled_output, &p.pooled_output),
+                    ),
+                    (
+                        "MLM logits",
+                        max_abs_diff(
+                            &m.mlm_logits_at(f, &masked).unwrap(),
+                            &m.mlm_logits_at(p, &masked).unwrap(),
+                        ),
+                    ),
+                ] {
+                    assert!(d < 1e-5, "{variant} train={train}: {what} differs by {d}");
                 }
             }
-            assert!(
-                with_grad > 50,
-                "{variant}: {with_grad} variables with a gradient"
-            );
+            if train {
+                let d = max_abs_diff(&full[0].pooled_output, &full[1].pooled_output);
+                assert!(d > 1e-3, "{variant}: dropout changed nothing ({d})");
+            }
+            let loss = |o: &msp_model::LxmertOutput, lang: &Tensor| {
+                let l = lang.mul(&w_lang).unwrap().sum_all().unwrap();
+                let v = o.vision_output.mul(&w_visn).unwrap().sum_all().unwrap();
+                let p = o.pooled_output.sum_all().unwrap();
+                let mlm = m.mlm_logits_at(o, &masked).unwrap().sum_all().unwrap();
+                (((l + v).unwrap() + p).unwrap() + mlm).unwrap()
+            };
+            let gf = loss(&full[0], &chosen(&full[0])).backward().unwrap();
+            let pl = part[0].language_output.reshape((9, h)).unwrap();
+            let gp = loss(&part[0], &pl).backward().unwrap();
+            assert_same_gradients(&model, &gf, &gp, &format!("{variant} train={train}"));
         }
+        // A masked position outside the computed rows, and rows of another shape.
+        let out = m.forward_rows_t(&inputs, &rows, false).unwrap();
+        let outside = Tensor::new(&[6u32 + 4], &dev).unwrap();
+        assert!(m.mlm_logits_at(&out, &outside).is_err());
+        let wrong = msp_model::LanguageRows::pooled(2, 6).unwrap();
+        assert!(m.forward_rows_t(&inputs, &wrong, false).is_err());
     }
 }

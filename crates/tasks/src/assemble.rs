@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use candle_core::{DType, Tensor};
-use msp_model::{kept_rows, LxmertForPreTraining, LxmertOutput};
+use msp_model::{kept_rows, LanguageRows, LxmertForPreTraining, LxmertOutput};
 use serde::{Deserialize, Serialize};
 
 use crate::batch::Batch;
@@ -79,6 +79,25 @@ impl TaskLosses {
 
 fn zero(dev: &candle_core::Device) -> Result<Tensor> {
     Ok(Tensor::zeros((), DType::F32, dev)?)
+}
+
+/// The forward [`compute_losses`] reads, on `batch.inputs()`: the last cross layer computes
+/// only the language rows the losses use (row 0 for the poolers and, with MLM, the masked
+/// positions; [`LxmertForPreTraining::forward_rows_t`]). The same losses and gradients as
+/// the full forward, with less work.
+pub fn forward_for_losses(
+    model: &LxmertForPreTraining,
+    batch: &Batch,
+    train: bool,
+) -> Result<LxmertOutput> {
+    let rows = match &batch.targets.mlm_labels {
+        Some(labels) if batch.tasks.contains(Task::Mlm) => LanguageRows::from_labels(labels)?,
+        _ => {
+            let (b, l) = batch.input_ids.dims2()?;
+            LanguageRows::pooled(b, l)?
+        }
+    };
+    Ok(model.forward_rows_t(&batch.inputs(), &rows, train)?)
 }
 
 /// Computes every task's loss for `batch` from the model's output `out` (run on

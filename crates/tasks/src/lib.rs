@@ -17,8 +17,9 @@
 //!   object labels, as word-piece ids) and the BCE averaged over `B × vocab`.
 //! - [`NegativeSampler`]: ITM (random other image) and ITM-HS (uniform among the top-M
 //!   neighbours of the hard-negative pool, random fallback), never the image itself.
-//! - [`BatchBuilder`]: all model inputs and targets of a step; [`compute_losses`]: every
-//!   task's loss and accuracy and their sum.
+//! - [`BatchBuilder`]: all model inputs and targets of a step; [`forward_for_losses`]: the
+//!   forward they need (the last layer on the language rows the losses read);
+//!   [`compute_losses`]: every task's loss and accuracy and their sum.
 //!
 //! **Key design choice.** All randomness of batch `k` comes from a ChaCha8 RNG seeded with
 //! the run's seed on stream `k` ([`RngState`]), so a batch is a pure function of
@@ -77,7 +78,7 @@ mod regions;
 mod task;
 mod topic;
 
-pub use assemble::{compute_losses, LossConfig, TaskLoss, TaskLosses};
+pub use assemble::{compute_losses, forward_for_losses, LossConfig, TaskLoss, TaskLosses};
 pub use batch::{
     Batch, BatchBuilder, BatchStats, BuilderConfig, Example, IfrsTargets, RngState, Targets,
 };

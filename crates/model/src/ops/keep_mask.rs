@@ -58,19 +58,34 @@ impl KeepMask {
         super::kept(&self.words, i)
     }
 
-    /// The flags of a `[outer, of, inner]` tensor's first `kept` rows along the middle
-    /// dimension, in order: the mask of `[outer, kept, inner]`.
-    pub fn first_rows(&self, outer: usize, kept: usize, of: usize, inner: usize) -> Result<Self> {
-        if outer * of * inner != self.len || kept > of {
+    /// The flags of `kept` rows of each outer block of a `[outer, of, inner]` tensor, row
+    /// `k` of block `o` being `row(o, k)` (`< of`), in order: the mask of
+    /// `[outer, kept, inner]`.
+    pub fn select_rows(
+        &self,
+        outer: usize,
+        of: usize,
+        inner: usize,
+        kept: usize,
+        row: impl Fn(usize, usize) -> usize,
+    ) -> Result<Self> {
+        if outer * of * inner != self.len {
             bail!(
-                "keep mask: {} flags, not [{outer}, {of}, {inner}] with {kept} rows kept",
+                "keep mask: {} flags, not [{outer}, {of}, {inner}]",
                 self.len
             )
         }
-        let flags: Vec<bool> = (0..outer)
-            .flat_map(|o| (0..kept * inner).map(move |j| o * of * inner + j))
-            .map(|i| self.get(i))
-            .collect();
+        let mut flags = Vec::with_capacity(outer * kept * inner);
+        for o in 0..outer {
+            for k in 0..kept {
+                let r = row(o, k);
+                if r >= of {
+                    bail!("keep mask: row {r} of block {o}, blocks have {of} rows")
+                }
+                let start = (o * of + r) * inner;
+                flags.extend((start..start + inner).map(|i| self.get(i)));
+            }
+        }
         Ok(Self::from_flags(&flags))
     }
 
@@ -121,8 +136,16 @@ mod tests {
         assert!((0..67).all(|i| m.get(i) == flags[i]));
         // [outer 2, rows 3, inner 2], first row: flags 0–1 and 6–7.
         let f: Vec<bool> = (0..12).map(|i| [0, 3, 6, 7, 11].contains(&i)).collect();
-        let rows = KeepMask::from_flags(&f).first_rows(2, 1, 3, 2).unwrap();
+        let m = KeepMask::from_flags(&f);
+        let rows = m.select_rows(2, 3, 2, 1, |_, _| 0).unwrap();
         assert_eq!(rows, KeepMask::from_flags(&[true, false, true, true]));
-        assert!(KeepMask::from_flags(&f).first_rows(2, 1, 4, 2).is_err());
+        // Rows 2 then 1 of block 0 (flags 4–5, 2–3), row 0 then 2 of block 1 (6–7, 10–11).
+        let picked = m
+            .select_rows(2, 3, 2, 2, |o, k| [[2, 1], [0, 2]][o][k])
+            .unwrap();
+        let expected = [4, 5, 2, 3, 6, 7, 10, 11].map(|i| f[i]);
+        assert_eq!(picked, KeepMask::from_flags(&expected));
+        assert!(m.select_rows(2, 4, 2, 1, |_, _| 0).is_err());
+        assert!(m.select_rows(2, 3, 2, 1, |_, _| 3).is_err());
     }
 }
