@@ -313,25 +313,23 @@ unsafe fn gemm_into(
 /// the output, with the bias pre-loaded into the output, and the backward uses the same
 /// products (dx = dy·W, dW = dyᵀ·x, db = Σ dy). Elsewhere candle's matmul.
 pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
-    let dims = x.dims().to_vec();
-    let (out, inp) = weight.dims2()?;
+    let (out, _) = weight.dims2()?;
     if !(products_fused(x) && fused(weight) && bias.is_none_or(fused)) {
         return linear_composite(x, weight, bias);
     }
-    let rows = x.elem_count() / inp.max(1);
-    let x2 = if dims.len() == 2 {
+    // A 2-D input may be a strided view; more dimensions are read as rows of a contiguous
+    // tensor, so the op takes `x` itself: no reshape in the graph, whose backward would add
+    // a zero-filled buffer and a copy per side.
+    let x = if x.rank() == 2 {
         x.clone()
     } else {
-        x.contiguous()?.reshape((rows, inp))?
+        x.contiguous()?
     };
     let bias = match bias {
         Some(b) => b.contiguous()?,
         None => Tensor::zeros(out, DType::F32, x.device())?,
     };
-    let y = x2.apply_op3(weight, &bias, LinearOp)?;
-    let mut out_dims = dims;
-    *out_dims.last_mut().expect("x has a last dimension") = out;
-    y.reshape(out_dims)
+    x.apply_op3(weight, &bias, LinearOp)
 }
 
 /// [`linear`] from candle ops, the product at the thread's [`precision`]: the reference and
@@ -386,10 +384,11 @@ impl CustomOp3 for LinearOp {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (x, _) = Operand::of(s1, l1, self.name())?;
+        let (x_layout, out_shape) = rows_layout(l1, l2.dims()[0], self.name())?;
+        let (x, _) = Operand::of(s1, &x_layout, self.name())?;
         let (w, _) = Operand::of(s2, l2, self.name())?;
         let b = slice(s3, l3, self.name())?;
-        let ((m, k), (n, k2)) = (l1.shape().dims2()?, l2.shape().dims2()?);
+        let ((m, k), (n, k2)) = (x_layout.shape().dims2()?, l2.shape().dims2()?);
         if k != k2 || b.len() != n {
             bail!(
                 "linear: x [{m}, {k}], weight [{n}, {k2}], bias [{}]",
@@ -404,7 +403,7 @@ impl CustomOp3 for LinearOp {
         }
         // rhs [k, n] = Wᵀ: element (i, o) is W[o, i].
         par_gemm(&mut dst, (m, n, k), true, x, w.t());
-        Ok((CpuStorage::F32(dst), Shape::from((m, n))))
+        Ok((CpuStorage::F32(dst), out_shape))
     }
 
     fn bwd(
@@ -415,14 +414,21 @@ impl CustomOp3 for LinearOp {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        // As matrices of rows (views of detached tensors: nothing enters the graph).
+        let (n, k) = weight.dims2()?;
+        let x2 = match x.rank() {
+            2 => x.detach(),
+            _ => x.detach().reshape(((), k))?,
+        };
+        let grad = grad.detach().reshape(((), n))?;
         // An input outside the graph (the region features of the visual projection, a
         // stand-in zero bias) needs no gradient: skip its product.
         let dx = if x.track_op() {
-            Some(matmul_no_bwd(grad, weight)?)
+            Some(matmul_no_bwd(&grad, weight)?.reshape(x.shape())?)
         } else {
             None
         };
-        let dw = matmul_no_bwd(&grad.t()?, x)?;
+        let dw = matmul_no_bwd(&grad.t()?, &x2)?;
         let db = if bias.track_op() {
             Some(grad.contiguous()?.apply_op1_no_bwd(&ColumnSumOp)?)
         } else {
@@ -430,6 +436,26 @@ impl CustomOp3 for LinearOp {
         };
         Ok((dx, Some(dw), db))
     }
+}
+
+/// The layout of `x [.., k]` as a matrix of rows `[rows, k]` (a 2-D `x` as it is, strides
+/// included; more dimensions must be contiguous), and the shape of `x · Wᵀ` for a weight of
+/// `out` rows.
+fn rows_layout(x: &Layout, out: usize, op: &str) -> Result<(Layout, Shape)> {
+    let dims = x.dims();
+    let Some((&k, lead)) = dims.split_last() else {
+        bail!("{op}: x has no dimension")
+    };
+    let out_shape = Shape::from([lead, &[out]].concat());
+    if dims.len() == 2 {
+        return Ok((x.clone(), out_shape));
+    }
+    if !x.is_contiguous() {
+        bail!("{op}: expected a contiguous x of {dims:?}")
+    }
+    let rows = lead.iter().product::<usize>();
+    let layout = Layout::contiguous_with_offset((rows, k), x.start_offset());
+    Ok((layout, out_shape))
 }
 
 /// Sums of the columns of a `[rows, cols]` matrix (the bias gradient of [`linear`]).
@@ -1418,20 +1444,28 @@ mod tests {
     fn linear_of_an_input_outside_the_graph_still_trains_its_weight() {
         // The features are a plain tensor (no variable behind them): the weight gets the same
         // gradient as through candle's matmul, and the input gets none, where candle's
-        // backward computes one (2-D, so the op's argument is `x` itself, not a reshape).
-        let x = randn(&[10, 32], 20, 1.0);
-        let w = Var::from_tensor(&randn(&[24, 32], 21, 0.2)).unwrap();
-        let upstream = randn(&[10, 24], 22, 1.0);
-        let grads_of = |f: &dyn Fn() -> Result<Tensor>| {
-            let loss = f().unwrap().mul(&upstream).unwrap().sum_all().unwrap();
-            let grads = loss.backward().unwrap();
-            (grads.get(&w).unwrap().clone(), grads.get(&x).is_some())
-        };
-        let (ours, ours_x) = grads_of(&|| linear(&x, &w, None));
-        let (candle, candle_x) = grads_of(&|| x.matmul(&w.t()?));
-        assert!(max_diff(&ours, &candle) < 2e-4);
-        assert!(!ours_x, "no product for the input's gradient");
-        assert!(candle_x, "candle's matmul backward does compute one");
+        // backward computes one (2-D and 3-D: either way the op's argument is `x` itself).
+        for dims in [&[10, 32][..], &[2, 5, 32]] {
+            let x = randn(dims, 20, 1.0);
+            let w = Var::from_tensor(&randn(&[24, 32], 21, 0.2)).unwrap();
+            let mut out_dims = dims.to_vec();
+            *out_dims.last_mut().unwrap() = 24;
+            let upstream = randn(&out_dims, 22, 1.0);
+            let grads_of = |f: &dyn Fn() -> Result<Tensor>| {
+                let loss = f().unwrap().mul(&upstream).unwrap().sum_all().unwrap();
+                let grads = loss.backward().unwrap();
+                (grads.get(&w).unwrap().clone(), grads.get(&x).is_some())
+            };
+            let (ours, ours_x) = grads_of(&|| linear(&x, &w, None));
+            let (candle, candle_x) = grads_of(&|| x.broadcast_matmul(&w.t()?));
+            assert!(max_diff(&ours, &candle) < 2e-4, "{dims:?}");
+            assert!(!ours_x, "{dims:?}: no product for the input's gradient");
+            // (2-D: candle's product takes `x` itself; 3-D: a broadcast view of it).
+            assert!(
+                candle_x || dims.len() > 2,
+                "candle's backward does compute one"
+            );
+        }
     }
 
     #[test]
