@@ -208,21 +208,41 @@ impl Operand {
     }
 }
 
+/// `lhs [m, k] · rhs [k, n]` as a new row-major `[m, n]` buffer, by [`par_gemm`] writing
+/// into it directly (no zero fill first).
+fn product(m: usize, n: usize, k: usize, lhs: Operand, rhs: Operand) -> Vec<f32> {
+    if k == 0 {
+        return vec![0f32; m * n];
+    }
+    let mut dst: Vec<f32> = Vec::with_capacity(m * n);
+    let spare = dst.spare_capacity_mut();
+    // SAFETY: `spare` holds m·n elements; without `read_dst` every block of `par_gemm` is
+    // written (k > 0) and never read, and the blocks cover [m, n], so all m·n are initialised
+    // before `set_len`.
+    unsafe {
+        par_gemm(spare.as_mut_ptr().cast(), (m, n, k), false, lhs, rhs);
+        dst.set_len(m * n);
+    }
+    dst
+}
+
 /// `dst [m, n] (row-major) = read_dst·dst + lhs [m, k] · rhs [k, n]`, split into one
 /// single-threaded `gemm` per rayon thread along the larger of m and n.
+///
+/// # Safety
+/// `dst` must be valid for writes of m·n elements, and for reads when `read_dst`.
 ///
 /// On a quiet 2-core machine this and the `gemm` crate's own 2-thread mode reach about the
 /// same speed (≈ 150 GFLOP/s, `cargo xtask bench gemm`); the split keeps every product on
 /// the caller's strides (transposed views cost nothing) with the bias pre-loaded.
-fn par_gemm(
-    dst: &mut [f32],
+unsafe fn par_gemm(
+    dst: *mut f32,
     (m, n, k): (usize, usize, usize),
     read_dst: bool,
     lhs: Operand,
     rhs: Operand,
 ) {
-    assert_eq!(dst.len(), m * n, "gemm destination size");
-    let out = SharedMut(dst.as_mut_ptr());
+    let out = SharedMut(dst);
     let block = |r0: usize, rows: usize, c0: usize, cols: usize| {
         if rows == 0 || cols == 0 {
             return;
@@ -395,14 +415,11 @@ impl CustomOp3 for LinearOp {
                 b.len()
             )
         }
-        let mut dst = vec![0f32; m * n];
-        if n > 0 {
-            dst.par_chunks_mut(n)
-                .with_min_len(min_rows(n))
-                .for_each(|r| r.copy_from_slice(b));
-        }
+        // The bias in every row, then the product added to it.
+        let mut dst = b.repeat(m);
         // rhs [k, n] = Wᵀ: element (i, o) is W[o, i].
-        par_gemm(&mut dst, (m, n, k), true, x, w.t());
+        // SAFETY: dst holds the m·n initialised elements.
+        unsafe { par_gemm(dst.as_mut_ptr(), (m, n, k), true, x, w.t()) };
         Ok((CpuStorage::F32(dst), out_shape))
     }
 
@@ -509,8 +526,7 @@ impl CustomOp2 for MatmulOp {
         if k != k2 {
             bail!("matmul: [{m}, {k}] · [{k2}, {n}]")
         }
-        let mut dst = vec![0f32; m * n];
-        par_gemm(&mut dst, (m, n, k), false, a, b);
+        let dst = product(m, n, k, a, b);
         Ok((CpuStorage::F32(dst), Shape::from((m, n))))
     }
 
