@@ -13,6 +13,7 @@ use candle_core::{DType, Device, Module, Result, Shape, Tensor, Var};
 use candle_nn::{Init, VarBuilder, VarMap};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha12Rng;
 use rand_distr::{Distribution, Normal};
 
 /// A linear layer `y = x Wᵀ + b` with BERT init (W ~ N(0, σ), b = 0).
@@ -130,12 +131,12 @@ impl Embedding {
 
 /// The seeded random-number source shared by all dropout layers of a model.
 #[derive(Debug, Clone)]
-pub struct DropoutRng(Arc<Mutex<StdRng>>);
+pub struct DropoutRng(Arc<Mutex<ChaCha12Rng>>);
 
 impl DropoutRng {
     /// A generator seeded with `seed` (same seed, same masks).
     pub fn new(seed: u64) -> Self {
-        Self(Arc::new(Mutex::new(StdRng::seed_from_u64(seed))))
+        Self(Arc::new(Mutex::new(ChaCha12Rng::seed_from_u64(seed))))
     }
 
     /// Restarts the stream from `seed` (for every layer sharing it): a trainer that reseeds
@@ -146,7 +147,7 @@ impl DropoutRng {
             .0
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        *rng = StdRng::seed_from_u64(seed);
+        *rng = ChaCha12Rng::seed_from_u64(seed);
     }
 }
 
@@ -181,12 +182,20 @@ impl Dropout {
         if !train || self.p <= 0.0 {
             return Ok(None);
         }
-        let mut rng = self
-            .rng
-            .0
-            .lock()
-            .map_err(|_| candle_core::Error::Msg("dropout RNG poisoned".into()))?;
-        Ok(Some(KeepMask::draw(&mut *rng, n, self.p as f32)))
+        // Take this draw's part of the stream and release the lock before drawing (on
+        // rayon threads): the shared generator moves past the n words the mask uses.
+        let mut part = {
+            let mut rng = self
+                .rng
+                .0
+                .lock()
+                .map_err(|_| candle_core::Error::Msg("dropout RNG poisoned".into()))?;
+            let part = rng.clone();
+            let end = rng.get_word_pos() + n as u128;
+            rng.set_word_pos(end);
+            part
+        };
+        Ok(Some(KeepMask::draw_parallel(&mut part, n, self.p as f32)))
     }
 
     /// The keep flags of the rows `rows` selects from a `[outer, rows.of, inner]` tensor:

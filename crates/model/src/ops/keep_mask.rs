@@ -2,6 +2,8 @@
 
 use candle_core::{bail, Result};
 use rand::RngCore;
+use rand_chacha::ChaCha12Rng;
+use rayon::prelude::*;
 
 /// A dropout keep mask: one flag per element of a row-major tensor, stored as bits (flag `i`
 /// is bit `i % 64` of word `i / 64`), the form the fused dropout kernels read.
@@ -39,6 +41,32 @@ impl KeepMask {
                 *word |= u64::from(u >= threshold) << b;
             }
         }
+        Self { words, len: n }
+    }
+
+    /// [`Self::draw`] from a ChaCha12 stream (rand's `StdRng`), with blocks of the mask drawn
+    /// on rayon threads from their positions in the stream: the same flags, and `rng` left
+    /// where the serial draw leaves it.
+    pub fn draw_parallel(rng: &mut ChaCha12Rng, n: usize, p: f32) -> Self {
+        // Flags per task: a whole number of words, so tasks write disjoint words.
+        const TASK_FLAGS: usize = 16 * 1024;
+        if n <= TASK_FLAGS {
+            return Self::draw(rng, n, p);
+        }
+        let start = rng.get_word_pos();
+        let mut words = vec![0u64; n.div_ceil(64)];
+        words
+            .par_chunks_mut(TASK_FLAGS / 64)
+            .enumerate()
+            .for_each(|(t, chunk)| {
+                let first = t * TASK_FLAGS;
+                let mut local = rng.clone();
+                // One u32 of the stream per flag.
+                local.set_word_pos(start + first as u128);
+                let part = Self::draw(&mut local, TASK_FLAGS.min(n - first), p);
+                chunk.copy_from_slice(&part.words);
+            });
+        rng.set_word_pos(start + n as u128);
         Self { words, len: n }
     }
 
@@ -124,6 +152,31 @@ mod tests {
         let mut r = StdRng::seed_from_u64(6);
         assert!((0..100).all(|i| KeepMask::draw(&mut r, 100, 0.0).get(i)));
         assert!((0..100).all(|i| !KeepMask::draw(&mut r, 100, 1.0).get(i)));
+    }
+
+    #[test]
+    fn parallel_draws_equal_the_serial_draw() {
+        use rand::SeedableRng;
+        // StdRng is ChaCha12 seeded the same way: the dropout stream is unchanged.
+        let (mut std, mut chacha) = (StdRng::seed_from_u64(9), ChaCha12Rng::seed_from_u64(9));
+        assert!((0..1000).all(|_| std.next_u32() == chacha.next_u32()));
+        // Several tasks, the last one partial and ending inside a word; then one task.
+        for n in [3 * 16 * 1024 + 1000 + 7, 5000] {
+            let mut a = ChaCha12Rng::seed_from_u64(4);
+            let mut b = a.clone();
+            a.next_u32();
+            b.next_u32();
+            assert_eq!(
+                KeepMask::draw_parallel(&mut a, n, 0.1),
+                KeepMask::draw(&mut b, n, 0.1),
+                "{n} flags"
+            );
+            assert_eq!(
+                a.next_u32(),
+                b.next_u32(),
+                "{n} flags: the stream continues"
+            );
+        }
     }
 
     #[test]
