@@ -113,8 +113,8 @@ impl LxmertAttention {
         self.forward_rows_t(hidden, context, mask, Rows::all(hidden.dim(1)?), train)
     }
 
-    /// [`Self::forward_t`] for `hidden` = the first `rows.kept` of `rows.of` query rows (the
-    /// dropout masks are those of the full forward, see [`Rows`]).
+    /// [`Self::forward_t`] for `hidden` = the `rows.kept` of `rows.of` query rows that `rows`
+    /// selects (the dropout masks are those of the full forward, see [`Rows`]).
     pub fn forward_rows_t(
         &self,
         hidden: &Tensor,
@@ -178,8 +178,8 @@ impl DenseResidualNorm {
         self.forward_rows_t(x, residual, Rows::every(x)?, train)
     }
 
-    /// [`Self::forward_t`] for `x [B, rows.kept, ·]`, the first rows of a sequence of
-    /// `rows.of` (the dropout mask is that of the full forward, see [`Rows`]).
+    /// [`Self::forward_t`] for `x [B, rows.kept, ·]`, the rows that `rows` selects of a
+    /// sequence of `rows.of` (the dropout mask is that of the full forward, see [`Rows`]).
     pub fn forward_rows_t(
         &self,
         x: &Tensor,
@@ -241,7 +241,8 @@ impl AttentionLayer {
         self.forward_rows_t(x, ctx, ctx_mask, Rows::all(x.dim(1)?), train)
     }
 
-    /// [`Self::forward_t`] for the query rows `x`, the first `rows.kept` of `rows.of`.
+    /// [`Self::forward_t`] for the query rows `x`, the `rows.kept` of `rows.of` that `rows`
+    /// selects.
     pub fn forward_rows_t(
         &self,
         x: &Tensor,
@@ -292,7 +293,7 @@ impl FeedForward {
         self.forward_rows_t(x, Rows::every(x)?, train)
     }
 
-    /// [`Self::forward_t`] for `x [B, rows.kept, H]`, the first rows of a sequence.
+    /// [`Self::forward_t`] for `x [B, rows.kept, H]`, the rows `rows` selects of a sequence.
     pub fn forward_rows_t(&self, x: &Tensor, rows: Rows<'_>, train: bool) -> Result<Tensor> {
         let i = gelu(&self.intermediate.forward(x)?)?;
         self.output.forward_rows_t(&i, x, rows, train)

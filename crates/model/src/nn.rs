@@ -129,7 +129,9 @@ impl Embedding {
     }
 }
 
-/// The seeded random-number source shared by all dropout layers of a model.
+/// The seeded random-number source shared by all dropout layers of a model: ChaCha12 (the
+/// generator behind rand's `StdRng`, seeded the same way), whose stream positions let a mask
+/// be drawn in parallel blocks ([`KeepMask::draw_parallel`]).
 #[derive(Debug, Clone)]
 pub struct DropoutRng(Arc<Mutex<ChaCha12Rng>>);
 
