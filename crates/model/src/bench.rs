@@ -137,6 +137,7 @@ impl SyntheticBatch {
 
 /// Sum of all pre-training head losses with weight 1: MLM (masked rows only), ITM, visual
 /// obj/attr (CE over all regions) and feat (Smooth-L1), QA (if built) and topic (LXMERT-S).
+/// The backbone runs by [`crate::LxmertModel::forward_rows_t`] on row 0 and the masked rows.
 /// A benchmark/test loss; the curriculum's task weighting lives in msp-tasks.
 pub fn pretraining_loss(model: &Lxmert, batch: &SyntheticBatch, train: bool) -> Result<Tensor> {
     let m = model.model();
