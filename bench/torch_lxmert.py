@@ -62,6 +62,9 @@ def main():
     mask[:, 0] = False
     labels[mask] = ids[mask]
     feats = torch.rand(b, n, cfg.visual_feat_dim)
+    # Feature regression at ≈ 15% of the regions, at least one per example (LXMERT's mask).
+    feat_mask = torch.rand(b, n) < 0.15
+    feat_mask[torch.arange(b), torch.randint(0, n, (b,))] = True
     xy = torch.rand(b, n, 2) * 0.5
     boxes = torch.cat([xy, xy + 0.5], -1)
     kw = dict(
@@ -70,7 +73,7 @@ def main():
         obj_labels={
             "obj": (torch.randint(0, cfg.num_object_labels, (b, n)), torch.ones(b, n)),
             "attr": (torch.randint(0, cfg.num_attr_labels, (b, n)), torch.ones(b, n)),
-            "feat": (feats, torch.ones(b, n)),
+            "feat": (feats, feat_mask.float()),
         },
     )
     if cfg.task_qa:

@@ -281,8 +281,18 @@ fn run_train(a: TrainArgs) -> anyhow::Result<()> {
     } else {
         1
     };
+    // Feature regression at ≈ 15% of the regions (at least one), as the batches mask.
+    let feat_regions = (regions as f64 * 0.15).ceil().max(1.0) as usize;
     let train_flop = 3.0
-        * msp_model::forward_flops(&cfg, variant, text_len, regions, masked, last_language_rows);
+        * msp_model::forward_flops(
+            &cfg,
+            variant,
+            text_len,
+            regions,
+            masked,
+            last_language_rows,
+            feat_regions,
+        );
     let params = msp_model::param_count(&cfg, variant)?.total;
     let runs: Vec<TrainRun> = timings
         .into_iter()

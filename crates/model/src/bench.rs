@@ -10,6 +10,7 @@ use serde::Serialize;
 
 use crate::config::{Config, Variant};
 use crate::error::Result;
+use crate::heads::FeatRegions;
 use crate::language_rows::LanguageRows;
 use crate::loss::{bce_with_logits, cross_entropy, kept_rows, smooth_l1};
 use crate::lxmert::LxmertInputs;
@@ -33,6 +34,9 @@ pub struct SyntheticBatch {
     pub mlm_labels: Tensor,
     /// `[B]` u32 ITM labels.
     pub itm_labels: Tensor,
+    /// `[R]` u32 flat positions into `B·N` of the masked regions (≈ 15%, at least one per
+    /// example), where the feature-regression loss is computed.
+    pub feat_rows: Tensor,
     /// `[B·N]` u32 object classes.
     pub obj_labels: Tensor,
     /// `[B·N]` u32 attribute classes.
@@ -84,7 +88,18 @@ impl SyntheticBatch {
         let topic: Vec<f32> = (0..batch * cfg.vocab_size)
             .map(|_| if rng.random::<f32>() < 0.01 { 1.0 } else { 0.0 })
             .collect();
+        let mut feat_rows = Vec::new();
+        for b in 0..batch {
+            let forced = rng.random_range(0..regions.max(1));
+            feat_rows.extend(
+                (0..regions)
+                    .filter(|&i| i == forced || rng.random::<f32>() < 0.15)
+                    .map(|i| (b * regions + i) as u32),
+            );
+        }
+        let masked = feat_rows.len();
         Ok(Self {
+            feat_rows: Tensor::from_vec(feat_rows, masked, dev)?,
             input_ids: Tensor::from_vec(ids, (batch, len), dev)?,
             attention_mask: Tensor::ones((batch, len), DType::U32, dev)?,
             token_type_ids: Tensor::from_vec(
@@ -136,7 +151,8 @@ impl SyntheticBatch {
 }
 
 /// Sum of all pre-training head losses with weight 1: MLM (masked rows only), ITM, visual
-/// obj/attr (CE over all regions) and feat (Smooth-L1), QA (if built) and topic (LXMERT-S).
+/// obj/attr (CE over all regions) and feat (Smooth-L1 at the masked regions only), QA (if
+/// built) and topic (LXMERT-S).
 /// The backbone runs by [`crate::LxmertModel::forward_rows_t`] on row 0 and the masked rows.
 /// A benchmark/test loss; the curriculum's task weighting lives in msp-tasks.
 pub fn pretraining_loss(model: &Lxmert, batch: &SyntheticBatch, train: bool) -> Result<Tensor> {
@@ -147,7 +163,7 @@ pub fn pretraining_loss(model: &Lxmert, batch: &SyntheticBatch, train: bool) -> 
     if let Some((rows, targets)) = kept_rows(&batch.mlm_labels)? {
         loss = (loss + cross_entropy(&m.mlm_logits_at(&out, &rows)?, &targets)?)?;
     }
-    let vis = m.visual_predictions(&out)?;
+    let vis = m.visual_predictions_with(&out, FeatRegions::At(&batch.feat_rows))?;
     if let Some(obj) = &vis.obj {
         let c = obj.dim(2)?;
         loss = (loss + cross_entropy(&obj.reshape(((), c))?, &batch.obj_labels)?)?;
@@ -157,7 +173,14 @@ pub fn pretraining_loss(model: &Lxmert, batch: &SyntheticBatch, train: bool) -> 
         loss = (loss + cross_entropy(&attr.reshape(((), c))?, &batch.attr_labels)?)?;
     }
     if let Some(feat) = &vis.feat {
-        loss = (loss + smooth_l1(feat, &batch.visual_feats)?.mean_all()?)?;
+        // HF's reduction: the masked regions' losses summed over all B·N regions' mean.
+        let (b, n, f) = batch.visual_feats.dims3()?;
+        let target = batch
+            .visual_feats
+            .reshape((b * n, f))?
+            .index_select(&batch.feat_rows, 0)?;
+        let per_region = smooth_l1(feat, &target)?.mean(1)?;
+        loss = (loss + (per_region.sum_all()? / (b * n) as f64)?)?;
     }
     if let Some(qa) = &m.answer_head {
         loss = (loss + cross_entropy(&qa.forward(&out.pooled_output)?, &batch.answers)?)?;
@@ -297,7 +320,8 @@ pub fn bench_gemm(square: usize, rows: usize, reps: usize, dev: &Device) -> Resu
 /// `regions` regions (plus the visual \[CLS\] of [`Variant::LxmertS`]), the last cross
 /// layer's language self-attention queries and FFN on `last_rows` rows (`text_len` for the
 /// full forward, fewer with [`crate::LxmertModel::forward_rows_t`]), the MLM decoder at
-/// `masked` positions. Element-wise work is not counted. A training step costs ≈ 3× this
+/// `masked` positions, the feature-regression decoder at `feat_regions` regions
+/// ([`crate::FeatRegions`]). Element-wise work is not counted. A training step costs ≈ 3× this
 /// (backward: one product for the input gradient, one for the weight gradient).
 pub fn forward_flops(
     cfg: &Config,
@@ -306,6 +330,7 @@ pub fn forward_flops(
     regions: usize,
     masked: usize,
     last_rows: usize,
+    feat_regions: usize,
 ) -> f64 {
     let h = cfg.hidden_size as f64;
     let i = cfg.intermediate_size as f64;
@@ -344,11 +369,11 @@ pub fn forward_flops(
     if cfg.visual_attr_loss {
         visual_out += cfg.num_attr_labels as f64;
     }
-    if cfg.visual_feat_loss {
-        visual_out += cfg.visual_feat_dim as f64;
-    }
-    if visual_out > 0.0 {
+    if visual_out > 0.0 || cfg.visual_feat_loss {
         macs += regions as f64 * (h * h + h * visual_out);
+    }
+    if cfg.visual_feat_loss {
+        macs += feat_regions.min(regions) as f64 * h * cfg.visual_feat_dim as f64;
     }
     if cfg.num_qa_labels > 0 {
         macs += 2.0 * h * h + 2.0 * h * cfg.num_qa_labels as f64;

@@ -98,8 +98,22 @@ pub struct VisualPredictions {
     pub obj: Option<Tensor>,
     /// Attribute logits `[B, N, num_attr_labels]`.
     pub attr: Option<Tensor>,
-    /// Regressed features `[B, N, visual_feat_dim]`.
+    /// Regressed features `[B, N, visual_feat_dim]`, or `[rows, visual_feat_dim]` at the
+    /// chosen regions ([`FeatRegions::At`]).
     pub feat: Option<Tensor>,
+}
+
+/// The regions the feature-regression decoder (`decoder_dict.feat`) runs on.
+#[derive(Debug, Clone, Copy)]
+pub enum FeatRegions<'a> {
+    /// Every region: `feat` is `[B, N, visual_feat_dim]`.
+    All,
+    /// The flat region positions in this u32 tensor (indices into `B·N`): `feat` is
+    /// `[rows, visual_feat_dim]`, row `i` the prediction for region `rows[i]`. The regression
+    /// losses read only some regions (MRFR the masked ones, IFRS the shuffled ones).
+    At(&'a Tensor),
+    /// None: `feat` is `None` (no regression loss in the batch).
+    Skip,
 }
 
 /// `obj_predict_head`: shared transform, then `decoder_dict.{obj,attr,feat}`; for LXMERT-S the
@@ -134,6 +148,17 @@ impl VisualObjHead {
 
     /// `regions [B, N, H]` (regions only: no visual \[CLS\]); `gate [B, H]` for LXMERT-S.
     pub fn forward(&self, regions: &Tensor, gate: Option<&Tensor>) -> Result<VisualPredictions> {
+        self.forward_with(regions, gate, FeatRegions::All)
+    }
+
+    /// [`Self::forward`] with the feature regression on the regions `feat` says. The object
+    /// and attribute logits cover every region (their losses read all of them).
+    pub fn forward_with(
+        &self,
+        regions: &Tensor,
+        gate: Option<&Tensor>,
+        feat: FeatRegions<'_>,
+    ) -> Result<VisualPredictions> {
         let mut t = self.transform.forward(regions)?;
         if let Some(g) = gate {
             t = t.broadcast_mul(&g.unsqueeze(1)?)?;
@@ -141,10 +166,18 @@ impl VisualObjHead {
         let run = |l: &Option<Linear>| -> Result<Option<Tensor>> {
             l.as_ref().map(|l| l.forward(&t)).transpose()
         };
+        let feat = match (&self.feat, feat) {
+            (Some(l), FeatRegions::At(rows)) => {
+                let (b, n, h) = t.dims3()?;
+                Some(l.forward(&t.reshape((b * n, h))?.index_select(rows, 0)?)?)
+            }
+            (_, FeatRegions::Skip) => None,
+            _ => run(&self.feat)?,
+        };
         Ok(VisualPredictions {
             obj: run(&self.obj)?,
             attr: run(&self.attr)?,
-            feat: run(&self.feat)?,
+            feat,
         })
     }
 }
@@ -355,12 +388,23 @@ impl LxmertForPreTraining {
     /// Visual head predictions on the regions (gated by the pooled vector for LXMERT-S unless
     /// the config's `gate_visual_heads` is off).
     pub fn visual_predictions(&self, out: &LxmertOutput) -> Result<VisualPredictions> {
+        self.visual_predictions_with(out, FeatRegions::All)
+    }
+
+    /// [`Self::visual_predictions`] with the feature regression on the regions `feat` says
+    /// ([`VisualObjHead::forward_with`]).
+    pub fn visual_predictions_with(
+        &self,
+        out: &LxmertOutput,
+        feat: FeatRegions<'_>,
+    ) -> Result<VisualPredictions> {
         let gate = if self.gated {
             Some(&out.pooled_output)
         } else {
             None
         };
-        self.obj_predict_head.forward(&self.regions(out)?, gate)
+        self.obj_predict_head
+            .forward_with(&self.regions(out)?, gate, feat)
     }
 
     /// MLM logits at the flat positions `rows` (u32 indices into `B·L`) → `[rows, V]`.

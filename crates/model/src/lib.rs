@@ -78,7 +78,7 @@ pub use checkpoint::{
 pub use config::{Config, Variant};
 pub use error::{ModelError, Result};
 pub use heads::{
-    AnswerHead, LogitFc, LxmertForPreTraining, MatchHead, MlmHead, Nlvr2Head,
+    AnswerHead, FeatRegions, LogitFc, LxmertForPreTraining, MatchHead, MlmHead, Nlvr2Head,
     PredictionHeadTransform, TopicHead, VisualObjHead, VisualPredictions,
 };
 pub use io::{forward_files, ForwardReport};

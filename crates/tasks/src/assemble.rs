@@ -3,15 +3,15 @@
 use std::collections::BTreeMap;
 
 use candle_core::{DType, Tensor};
-use msp_model::{kept_rows, LanguageRows, LxmertForPreTraining, LxmertOutput};
+use msp_model::{kept_rows, FeatRegions, LanguageRows, LxmertForPreTraining, LxmertOutput};
 use serde::{Deserialize, Serialize};
 
 use crate::batch::Batch;
 use crate::error::{Result, TaskError};
 use crate::ifrs::ifrs_loss;
 use crate::losses::{
-    argmax_accuracy, classification_loss, feat_regression_loss, itm_loss, topic_accuracy, FeatLoss,
-    MocRegions, VISUAL_LOSS_NORMALIZER,
+    argmax_accuracy, classification_loss, feat_regression_loss_at, itm_loss, topic_accuracy,
+    FeatLoss, MocRegions, VISUAL_LOSS_NORMALIZER,
 };
 use crate::task::Task;
 use crate::topic::topic_loss;
@@ -100,6 +100,78 @@ pub fn forward_for_losses(
     Ok(model.forward_rows_t(&batch.inputs(), &rows, train)?)
 }
 
+/// The regions the feature-regression losses read, gathered: MRFR's masked real regions and
+/// IFRS's shuffled ones.
+struct FeatRows {
+    /// `[R]` u32 flat positions into `B·n`, ascending.
+    rows: Tensor,
+    /// `[R, D]` the original features at those regions (the target of both losses).
+    target: Tensor,
+    /// `[R]` MRFR's weight (feat mask × region mask; 0 without MRFR).
+    mrfr_weight: Tensor,
+    /// `[R]` IFRS's weight (the shuffle plan's mask; 0 without IFRS).
+    ifrs_weight: Tensor,
+    /// Real regions of the whole batch (MRFR's denominator).
+    real_regions: usize,
+}
+
+impl FeatRows {
+    /// `None` when no region is read (no regression task, or nothing masked or shuffled):
+    /// both losses are then exactly 0.
+    fn of(batch: &Batch, mrfr: bool, shuffled: Option<&Tensor>) -> Result<Option<Self>> {
+        let (b, n) = batch.region_mask.dims2()?;
+        let host = |t: &Tensor, name: &'static str| -> Result<Vec<f32>> {
+            if t.dims() != [b, n] {
+                return Err(TaskError::Shape {
+                    name,
+                    got: t.dims().to_vec(),
+                    expected: format!("[{b}, {n}]"),
+                });
+            }
+            Ok(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?)
+        };
+        let real = host(&batch.region_mask, "region_mask")?;
+        let mrfr_w = if mrfr {
+            let fm = host(&batch.targets.feat_mask, "feat_mask")?;
+            fm.iter().zip(&real).map(|(f, r)| f * r).collect()
+        } else {
+            vec![0.0; b * n]
+        };
+        let ifrs_w = match shuffled {
+            Some(s) => host(s, "ifrs shuffled mask")?,
+            None => vec![0.0; b * n],
+        };
+        let rows: Vec<u32> = (0..b * n)
+            .filter(|&i| mrfr_w[i] != 0.0 || ifrs_w[i] != 0.0)
+            .map(|i| i as u32)
+            .collect();
+        if rows.is_empty() {
+            return Ok(None);
+        }
+        let features = &batch.targets.features;
+        let (fb, fn_, d) = features.dims3()?;
+        if (fb, fn_) != (b, n) {
+            return Err(TaskError::Shape {
+                name: "feature target",
+                got: features.dims().to_vec(),
+                expected: format!("[{b}, {n}, D]"),
+            });
+        }
+        let dev = features.device();
+        let pick = |w: &[f32]| -> Vec<f32> { rows.iter().map(|&i| w[i as usize]).collect() };
+        let r = rows.len();
+        let (mrfr_weight, ifrs_weight) = (pick(&mrfr_w), pick(&ifrs_w));
+        let rows = Tensor::from_vec(rows, r, dev)?;
+        Ok(Some(Self {
+            target: features.reshape((b * n, d))?.index_select(&rows, 0)?,
+            mrfr_weight: Tensor::from_vec(mrfr_weight, r, dev)?,
+            ifrs_weight: Tensor::from_vec(ifrs_weight, r, dev)?,
+            real_regions: real.iter().filter(|&&x| x != 0.0).count(),
+            rows,
+        }))
+    }
+}
+
 /// Computes every task's loss for `batch` from the model's output `out` (run on
 /// `batch.inputs()`, with `batch.targets.ifrs.perm` applied by the model hook when the set
 /// has IFRS). MLM and the visual losses are computed on every example, mismatched ITM pairs
@@ -117,14 +189,25 @@ pub fn compute_losses(
     let tasks = &batch.tasks;
     let needs_visual =
         tasks.contains(Task::Mrfr) || tasks.contains(Task::Moc) || tasks.contains(Task::Ifrs);
-    let vis = if needs_visual {
-        Some(model.visual_predictions(out)?)
-    } else {
-        None
-    };
     let missing = |task: Task, head: &'static str| TaskError::MissingHead {
         task: task.name().into(),
         head,
+    };
+    let shuffled = match &tg.ifrs {
+        Some(plan) => Some(&plan.shuffled),
+        None if tasks.contains(Task::Ifrs) => return Err(missing(Task::Ifrs, "IFRS plan")),
+        None => None,
+    };
+    // The feature decoder runs on the regions the regression losses read.
+    let feat_rows = FeatRows::of(batch, tasks.contains(Task::Mrfr), shuffled)?;
+    let vis = if needs_visual {
+        let feat = match &feat_rows {
+            Some(r) => FeatRegions::At(&r.rows),
+            None => FeatRegions::Skip,
+        };
+        Some(model.visual_predictions_with(out, feat)?)
+    } else {
+        None
     };
 
     if tasks.contains(Task::Mlm) {
@@ -149,18 +232,19 @@ pub fn compute_losses(
     }
     if let Some(vis) = &vis {
         if tasks.contains(Task::Mrfr) {
-            let feat = vis
-                .feat
-                .as_ref()
-                .ok_or_else(|| missing(Task::Mrfr, "feat"))?;
-            let loss = feat_regression_loss(
-                feat,
-                &tg.features,
-                &tg.feat_mask,
-                &batch.region_mask,
-                cfg.feat_loss,
-                cfg.visual_normalizer,
-            )?;
+            let loss = match &feat_rows {
+                Some(r) => feat_regression_loss_at(
+                    vis.feat
+                        .as_ref()
+                        .ok_or_else(|| missing(Task::Mrfr, "feat"))?,
+                    &r.target,
+                    &r.mrfr_weight,
+                    r.real_regions,
+                    cfg.feat_loss,
+                    cfg.visual_normalizer,
+                )?,
+                None => zero(&dev)?,
+            };
             per_task.insert(
                 Task::Mrfr,
                 TaskLoss {
@@ -196,15 +280,17 @@ pub fn compute_losses(
             per_task.insert(Task::Moc, TaskLoss { loss, accuracy });
         }
         if tasks.contains(Task::Ifrs) {
-            let feat = vis
-                .feat
-                .as_ref()
-                .ok_or_else(|| missing(Task::Ifrs, "feat"))?;
-            let ifrs = tg
-                .ifrs
-                .as_ref()
-                .ok_or_else(|| missing(Task::Ifrs, "IFRS plan"))?;
-            let loss = ifrs_loss(feat, &tg.features, &ifrs.shuffled)?;
+            let loss = match &feat_rows {
+                Some(r) => ifrs_loss(
+                    &vis.feat
+                        .as_ref()
+                        .ok_or_else(|| missing(Task::Ifrs, "feat"))?
+                        .unsqueeze(0)?,
+                    &r.target.unsqueeze(0)?,
+                    &r.ifrs_weight.unsqueeze(0)?,
+                )?,
+                None => zero(&dev)?,
+            };
             per_task.insert(
                 Task::Ifrs,
                 TaskLoss {

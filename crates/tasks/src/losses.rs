@@ -79,13 +79,49 @@ pub fn feat_regression_loss(
     let (b, n, _) = pred.dims3()?;
     check_bn(feat_mask, "feat_mask", b, n)?;
     check_bn(region_mask, "region_mask", b, n)?;
+    visual_reduce(
+        &feat_loss_per_region(pred, target, kind)?,
+        feat_mask,
+        region_mask,
+        normalizer,
+    )
+}
+
+/// [`feat_regression_loss`] from the predictions at some regions only: `pred` and `target`
+/// `[R, D]` at those regions, `weight [R]` their feat mask (0 on a real region that is not
+/// masked, and on padding), `real_regions` the number of real regions of the whole batch
+/// (the denominator). Equal to [`feat_regression_loss`] when the rows hold every masked
+/// region ([`msp_model::LxmertForPreTraining::visual_predictions_feat_at`]).
+pub fn feat_regression_loss_at(
+    pred: &Tensor,
+    target: &Tensor,
+    weight: &Tensor,
+    real_regions: usize,
+    kind: FeatLoss,
+    normalizer: f64,
+) -> Result<Tensor> {
+    let (r, d) = pred.dims2()?;
+    if target.dims() != [r, d] || weight.dims() != [r] {
+        return Err(TaskError::Shape {
+            name: "feature target and weight",
+            got: [target.dims(), weight.dims()].concat(),
+            expected: format!("[{r}, {d}] and [{r}]"),
+        });
+    }
+    let per = feat_loss_per_region(pred, target, kind)?;
+    let w = weight.to_dtype(DType::F32)?;
+    Ok((per.mul(&w)?.sum_all()? * (normalizer / real_regions.max(1) as f64))?)
+}
+
+/// The feature loss of each region, averaged over the last dimension `D`.
+fn feat_loss_per_region(pred: &Tensor, target: &Tensor, kind: FeatLoss) -> Result<Tensor> {
     let p = pred.to_dtype(DType::F32)?;
     let t = target.to_dtype(DType::F32)?;
     let elem = match kind {
         FeatLoss::SmoothL1 => msp_model::smooth_l1(&p, &t)?,
         FeatLoss::L2 => p.sub(&t)?.sqr()?,
     };
-    visual_reduce(&elem.mean(D::Minus1)?, feat_mask, region_mask, normalizer)
+    Ok(elem.mean(D::Minus1)?)
 }
 
 /// Per-row cross-entropy `−log softmax(logits)[label]` of `logits [N, C]`, `labels [N]`.
@@ -256,6 +292,20 @@ mod tests {
         )
         .unwrap();
         assert!((s(&got) - 2.0725 / 3.0 / 0.15).abs() < 1e-5);
+        // The same from the two masked real regions alone (flat rows 0 and 2), over the 3
+        // real regions of the batch.
+        let at = feat_regression_loss_at(
+            &Tensor::new(&[p[0][0], p[1][0]], &dev).unwrap(),
+            &Tensor::new(&[t[0][0], t[1][0]], &dev).unwrap(),
+            &Tensor::new(&[1f32, 1.0], &dev).unwrap(),
+            3,
+            FeatLoss::SmoothL1,
+            VISUAL_LOSS_NORMALIZER,
+        )
+        .unwrap();
+        assert!((s(&at) - 2.0725 / 3.0 / 0.15).abs() < 1e-5, "{}", s(&at));
+        let wrong = Tensor::new(&[1f32], &dev).unwrap();
+        assert!(feat_regression_loss_at(&wrong, &wrong, &wrong, 3, FeatLoss::L2, 1.0).is_err());
     }
 
     #[test]
