@@ -274,15 +274,16 @@ fn run_train(a: TrainArgs) -> anyhow::Result<()> {
             loader,
         )
     };
-    // MLM at ≈ 15% of the positions (at least one), as the batches mask.
-    let masked = (text_len as f64 * 0.15).ceil().max(1.0) as usize;
+    // MLM and the feature regression at ≈ 15% of the positions and regions (at least one
+    // each), as the batches mask.
+    let at_15_percent = |n: usize| (n as f64 * 0.15).ceil().max(1.0) as usize;
+    let masked = at_15_percent(text_len);
     let last_language_rows = if mlm {
         expected_language_rows(text_len, a.batch)
     } else {
         1
     };
-    // Feature regression at ≈ 15% of the regions (at least one), as the batches mask.
-    let feat_regions = (regions as f64 * 0.15).ceil().max(1.0) as usize;
+    let feat_regions = at_15_percent(regions);
     let train_flop = 3.0
         * msp_model::forward_flops(
             &cfg,

@@ -269,6 +269,14 @@ impl Padded {
     }
 }
 
+/// Two forwards `f` after reseeding the model's dropout (the second draws the masks that
+/// follow the first's): run once with the full forward and once with a partial one, the
+/// pairs must match.
+fn two_forwards<T>(model: &Lxmert, f: impl Fn() -> T) -> Vec<T> {
+    model.reseed_dropout(7);
+    (0..2).map(|_| f()).collect()
+}
+
 /// Every variable has the same gradient in `full` and `part` (to 1e-5 relative), or none in
 /// both; more than 50 have one.
 fn assert_same_gradients(
@@ -317,14 +325,8 @@ fn pooled_forward_equals_the_full_forward() {
         let weights = Tensor::randn(0f32, 1.0, (3, cfg.hidden_size), &dev).unwrap();
         let m = model.model();
         for train in [false, true] {
-            model.reseed_dropout(7);
-            let full: Vec<_> = (0..2)
-                .map(|_| m.forward_t(&inputs, train).unwrap())
-                .collect();
-            model.reseed_dropout(7);
-            let pooled: Vec<_> = (0..2)
-                .map(|_| m.forward_pooled_t(&inputs, train).unwrap())
-                .collect();
+            let full = two_forwards(&model, || m.forward_t(&inputs, train).unwrap());
+            let pooled = two_forwards(&model, || m.forward_pooled_t(&inputs, train).unwrap());
             for (f, p) in full.iter().zip(&pooled) {
                 let d = max_abs_diff(&f.pooled_output, &p.pooled_output);
                 assert!(
@@ -385,14 +387,8 @@ fn row_forward_equals_the_full_forward() {
         let regions = 5 + usize::from(variant == Variant::LxmertS);
         let w_visn = Tensor::randn(0f32, 1.0, (3, regions, h), &dev).unwrap();
         for train in [false, true] {
-            model.reseed_dropout(7);
-            let full: Vec<_> = (0..2)
-                .map(|_| m.forward_t(&inputs, train).unwrap())
-                .collect();
-            model.reseed_dropout(7);
-            let part: Vec<_> = (0..2)
-                .map(|_| m.forward_rows_t(&inputs, &rows, train).unwrap())
-                .collect();
+            let full = two_forwards(&model, || m.forward_t(&inputs, train).unwrap());
+            let part = two_forwards(&model, || m.forward_rows_t(&inputs, &rows, train).unwrap());
             // The full forward's language rows that `rows` names, in its order.
             let chosen = |f: &msp_model::LxmertOutput| -> Tensor {
                 let idx: Vec<u32> = (0..3)

@@ -10,8 +10,8 @@ use crate::batch::Batch;
 use crate::error::{Result, TaskError};
 use crate::ifrs::ifrs_loss;
 use crate::losses::{
-    argmax_accuracy, classification_loss, feat_regression_loss_at, itm_loss, topic_accuracy,
-    FeatLoss, MocRegions, VISUAL_LOSS_NORMALIZER,
+    argmax_accuracy, check_bn, classification_loss, feat_regression_loss_at, itm_loss,
+    topic_accuracy, FeatLoss, MocRegions, VISUAL_LOSS_NORMALIZER,
 };
 use crate::task::Task;
 use crate::topic::topic_loss;
@@ -121,13 +121,7 @@ impl FeatRows {
     fn of(batch: &Batch, mrfr: bool, shuffled: Option<&Tensor>) -> Result<Option<Self>> {
         let (b, n) = batch.region_mask.dims2()?;
         let host = |t: &Tensor, name: &'static str| -> Result<Vec<f32>> {
-            if t.dims() != [b, n] {
-                return Err(TaskError::Shape {
-                    name,
-                    got: t.dims().to_vec(),
-                    expected: format!("[{b}, {n}]"),
-                });
-            }
+            check_bn(t, name, b, n)?;
             Ok(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?)
         };
         let real = host(&batch.region_mask, "region_mask")?;

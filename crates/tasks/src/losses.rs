@@ -29,7 +29,8 @@ pub enum MocRegions {
     MaskedOnly,
 }
 
-fn check_bn(t: &Tensor, name: &'static str, b: usize, n: usize) -> Result<()> {
+/// Checks that `t` is `[b, n]`.
+pub(crate) fn check_bn(t: &Tensor, name: &'static str, b: usize, n: usize) -> Result<()> {
     if t.dims() != [b, n] {
         return Err(TaskError::Shape {
             name,
@@ -55,7 +56,12 @@ fn visual_reduce(
     let w = weight
         .to_dtype(DType::F32)?
         .mul(&region_mask.to_dtype(DType::F32)?)?;
-    Ok((per.mul(&w)?.sum_all()? * (normalizer / f64::from(count.max(1.0))))?)
+    weighted_mean(per, &w, f64::from(count), normalizer)
+}
+
+/// `Σ w · per / max(count, 1) · normalizer`.
+fn weighted_mean(per: &Tensor, w: &Tensor, count: f64, normalizer: f64) -> Result<Tensor> {
+    Ok((per.mul(w)?.sum_all()? * (normalizer / count.max(1.0)))?)
 }
 
 /// MRFR loss: per region the feature loss averaged over D, weighted by `feat_mask [B, n]`,
@@ -91,7 +97,8 @@ pub fn feat_regression_loss(
 /// `[R, D]` at those regions, `weight [R]` their feat mask (0 on a real region that is not
 /// masked, and on padding), `real_regions` the number of real regions of the whole batch
 /// (the denominator). Equal to [`feat_regression_loss`] when the rows hold every masked
-/// region ([`msp_model::LxmertForPreTraining::visual_predictions_feat_at`]).
+/// region ([`msp_model::LxmertForPreTraining::visual_predictions_with`] at
+/// [`msp_model::FeatRegions::At`] those regions).
 pub fn feat_regression_loss_at(
     pred: &Tensor,
     target: &Tensor,
@@ -108,9 +115,12 @@ pub fn feat_regression_loss_at(
             expected: format!("[{r}, {d}] and [{r}]"),
         });
     }
-    let per = feat_loss_per_region(pred, target, kind)?;
-    let w = weight.to_dtype(DType::F32)?;
-    Ok((per.mul(&w)?.sum_all()? * (normalizer / real_regions.max(1) as f64))?)
+    weighted_mean(
+        &feat_loss_per_region(pred, target, kind)?,
+        &weight.to_dtype(DType::F32)?,
+        real_regions as f64,
+        normalizer,
+    )
 }
 
 /// The feature loss of each region, averaged over the last dimension `D`.
