@@ -9,6 +9,7 @@
 use std::time::Instant;
 
 use candle_core::{Device, Tensor};
+use msp_model::ops::GradSink;
 use msp_model::{pretraining_loss, Config, Lxmert, SyntheticBatch, Variant};
 use msp_tasks::{compute_losses, forward_for_losses, Batch, LossConfig};
 use serde::Serialize;
@@ -117,10 +118,11 @@ fn time_steps<T>(
         let t0 = Instant::now();
         let batch = next()?;
         let t1 = Instant::now();
-        let l = loss(&batch)?;
+        let sink = GradSink::new();
+        let l = sink.collect(|| loss(&batch))?;
         l.to_scalar::<f32>()?;
         let t2 = Instant::now();
-        let grads = l.backward()?;
+        let grads = sink.backward(&l)?;
         let t3 = Instant::now();
         opt.step(&grads, 1e-5, 1.0)?;
         first_var.as_tensor().device().synchronize()?;

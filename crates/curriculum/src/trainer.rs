@@ -6,6 +6,7 @@ use std::ops::ControlFlow;
 use std::time::Instant;
 
 use candle_core::Device;
+use msp_model::ops::GradSink;
 use msp_model::{LoadOptions, Lxmert};
 use msp_tasks::{
     compute_losses, forward_for_losses, BatchBuilder, BuilderConfig, Example, RngState,
@@ -439,8 +440,13 @@ pub fn pretrain(
                     // Dropout masks are a function of (stage, micro-batch): a resumed run
                     // draws the masks the uninterrupted run drew.
                     model.reseed_dropout(stage_seed ^ k.wrapping_mul(0x9e37_79b9_7f4a_7c15));
-                    let out = forward_for_losses(model.model(), &batch, true)?;
-                    let losses = compute_losses(model.model(), &out, &batch, &loss_cfg)?;
+                    // The fused ops write the weight gradients straight into `sink`.
+                    let sink = GradSink::new();
+                    let (out, losses) = sink.collect(|| -> Result<_> {
+                        let out = forward_for_losses(model.model(), &batch, true)?;
+                        let losses = compute_losses(model.model(), &out, &batch, &loss_cfg)?;
+                        Ok((out, losses))
+                    })?;
                     let total = losses.total.to_scalar::<f32>()?;
                     if !total.is_finite() {
                         return Err(CurriculumError::NonFinite {
@@ -449,7 +455,7 @@ pub fn pretrain(
                             value: total,
                         });
                     }
-                    let grads = losses.total.affine(1.0 / accum as f64, 0.0)?.backward()?;
+                    let grads = sink.backward(&losses.total.affine(1.0 / accum as f64, 0.0)?)?;
                     acc.add(grads)?;
                     for (name, (l, a)) in losses.values()? {
                         let e = sums.entry(name).or_insert((0.0, 0.0, 0));

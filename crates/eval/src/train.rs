@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use candle_core::Tensor;
 use msp_curriculum::{GradClipping, LinearWarmupDecay, Optimizer};
+use msp_model::ops::GradSink;
 use msp_model::{LoadOptions, Lxmert};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -161,7 +162,9 @@ pub fn fit(
         order.shuffle(&mut rng);
         let mut sum = 0.0;
         for batch in order.chunks(sched.batch_size) {
-            let l = loss(batch, &mut rng)?;
+            // The fused ops write the weight gradients straight into `sink`.
+            let sink = GradSink::new();
+            let l = sink.collect(|| loss(batch, &mut rng))?;
             let value = l.to_scalar::<f32>()?;
             if !value.is_finite() {
                 return Err(EvalError::NonFinite {
@@ -171,7 +174,7 @@ pub fn fit(
                     value,
                 });
             }
-            let grads = l.backward()?;
+            let grads = sink.backward(&l)?;
             let c = clip.scale(&grads, &vars)?;
             opt.step(&grads, lr.lr(step), c.last_scale)?;
             step += 1;

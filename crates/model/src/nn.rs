@@ -114,18 +114,7 @@ impl Embedding {
         let mut dims = ids.dims().to_vec();
         dims.push(self.weight.dim(1)?);
         let flat = ids.flatten_all()?;
-        let out = self.weight.index_select(&flat, 0)?;
-        let out = if self.freeze_row0 {
-            // Same value as the plain lookup, but rows looked up with id 0 come from a detached
-            // copy, so the table's row 0 gets no gradient (as `padding_idx=0`).
-            let frozen = self.weight.detach().index_select(&flat, 0)?;
-            let keep = flat.ne(0u32)?.to_dtype(out.dtype())?.unsqueeze(1)?;
-            let diff = out.sub(&frozen)?.broadcast_mul(&keep)?;
-            frozen.add(&diff)?
-        } else {
-            out
-        };
-        out.reshape(dims)
+        crate::ops::embedding(&self.weight, &flat, self.freeze_row0)?.reshape(dims)
     }
 }
 

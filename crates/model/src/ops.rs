@@ -24,15 +24,17 @@
 
 use candle_core::{
     bail, CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Module, Result, Shape,
-    Tensor, D,
+    Storage, Tensor, D,
 };
 use rayon::prelude::*;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 mod attention;
+mod grad_sink;
 mod keep_mask;
 mod precision;
 pub use attention::{multi_head_attention, multi_head_attention_composite, AttentionDropout};
+pub use grad_sink::GradSink;
 pub use keep_mask::KeepMask;
 use precision::products_fused;
 pub use precision::{autocast_matmul, precision, with_precision, Precision};
@@ -66,6 +68,14 @@ fn slice<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [f32]> {
     match l.contiguous_offsets() {
         Some((a, b)) => Ok(&data[a..b]),
         None => bail!("{op}: expected a contiguous tensor"),
+    }
+}
+
+/// The contiguous f32 slice of a tensor's storage on the CPU.
+fn cpu_slice<'a>(storage: &'a Storage, layout: &Layout, op: &str) -> Result<&'a [f32]> {
+    match storage {
+        Storage::Cpu(s) => slice(s, layout, op),
+        _ => bail!("{op}: expected a CPU tensor"),
     }
 }
 
@@ -177,6 +187,14 @@ impl Operand {
             cs: *cs as isize,
         };
         Ok((op, data))
+    }
+
+    /// The operand of a 2-D CPU tensor's storage and layout.
+    fn of_storage(s: &Storage, l: &Layout, op: &str) -> Result<Self> {
+        match s {
+            Storage::Cpu(s) => Ok(Self::of(s, l, op)?.0),
+            _ => bail!("{op}: expected a CPU tensor"),
+        }
     }
 
     /// A contiguous row-major matrix with `cols` columns at `ptr`.
@@ -349,7 +367,11 @@ pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tens
         Some(b) => b.contiguous()?,
         None => Tensor::zeros(out, DType::F32, x.device())?,
     };
-    x.apply_op3(weight, &bias, LinearOp)
+    let op = LinearOp {
+        weight_sink: GradSink::current_for(weight),
+        bias_sink: GradSink::current_for(&bias),
+    };
+    x.apply_op3(weight, &bias, op)
 }
 
 /// [`linear`] from candle ops, the product at the thread's [`precision`]: the reference and
@@ -388,7 +410,11 @@ fn matmul_no_bwd(lhs: &Tensor, rhs: &Tensor) -> Result<Tensor> {
     lhs.apply_op2_no_bwd(rhs, &MatmulOp)
 }
 
-struct LinearOp;
+/// [`linear`]'s op; the sinks, when collecting, take the weight and bias gradients.
+struct LinearOp {
+    weight_sink: Option<GradSink>,
+    bias_sink: Option<GradSink>,
+}
 
 impl CustomOp3 for LinearOp {
     fn name(&self) -> &'static str {
@@ -445,13 +471,22 @@ impl CustomOp3 for LinearOp {
         } else {
             None
         };
-        let dw = matmul_no_bwd(&grad.t()?, &x2)?;
-        let db = if bias.track_op() {
-            Some(grad.contiguous()?.apply_op1_no_bwd(&ColumnSumOp)?)
-        } else {
-            None
+        let dw = match &self.weight_sink {
+            Some(sink) => {
+                sink.add_product(weight, &grad.t()?, &x2)?;
+                None
+            }
+            None => Some(matmul_no_bwd(&grad.t()?, &x2)?),
         };
-        Ok((dx, Some(dw), db))
+        let db = match &self.bias_sink {
+            Some(sink) => {
+                sink.add_column_sums(bias, &grad)?;
+                None
+            }
+            None if bias.track_op() => Some(grad.contiguous()?.apply_op1_no_bwd(&ColumnSumOp)?),
+            None => None,
+        };
+        Ok((dx, dw, db))
     }
 }
 
@@ -484,26 +519,31 @@ impl CustomOp1 for ColumnSumOp {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = slice(s, l, self.name())?;
         let (_, cols) = rows_of(l)?;
-        // Partial sums over blocks of rows, added in block order.
-        let per_task = min_rows(cols);
-        let partials: Vec<Vec<f32>> = x
-            .par_chunks(per_task * cols)
-            .map(|block| {
-                let mut acc = vec![0f32; cols];
-                for row in block.chunks(cols) {
-                    for (a, v) in acc.iter_mut().zip(row) {
-                        *a += v;
-                    }
-                }
-                acc
-            })
-            .collect();
-        let mut out = vec![0f32; cols];
-        add_in_order(&mut out, &partials);
-        Ok((CpuStorage::F32(out), Shape::from(cols)))
+        let sums = column_sums(slice(s, l, self.name())?, cols);
+        Ok((CpuStorage::F32(sums), Shape::from(cols)))
     }
+}
+
+/// Sums of the columns of the row-major `x [.., cols]`: partial sums over blocks of rows,
+/// added in block order (so the result does not depend on thread timing).
+fn column_sums(x: &[f32], cols: usize) -> Vec<f32> {
+    let per_task = min_rows(cols);
+    let partials: Vec<Vec<f32>> = x
+        .par_chunks(per_task * cols)
+        .map(|block| {
+            let mut acc = vec![0f32; cols];
+            for row in block.chunks(cols) {
+                for (a, v) in acc.iter_mut().zip(row) {
+                    *a += v;
+                }
+            }
+            acc
+        })
+        .collect();
+    let mut out = vec![0f32; cols];
+    add_in_order(&mut out, &partials);
+    out
 }
 
 struct MatmulOp;
@@ -540,6 +580,141 @@ impl CustomOp2 for MatmulOp {
         let dl = matmul_no_bwd(grad, &rhs.t()?)?;
         let dr = matmul_no_bwd(&lhs.t()?, grad)?;
         Ok((Some(dl), Some(dr)))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Embedding lookup
+
+/// The rows `ids` (u32, `[n]`) of `table [rows, dim]` → `[n, dim]`; with `freeze_row0` the
+/// table's row 0 gets no gradient (as PyTorch's `padding_idx=0`).
+///
+/// On the CPU in f32 one op whose backward adds the gradient rows into the table's gradient
+/// (straight into a collecting [`GradSink`]'s buffer, where the tied MLM decoder's gradient
+/// already is); candle's `index_select` elsewhere.
+pub fn embedding(table: &Tensor, ids: &Tensor, freeze_row0: bool) -> Result<Tensor> {
+    if !(fused(table) && ids.dtype() == DType::U32) {
+        return embedding_composite(table, ids, freeze_row0);
+    }
+    let op = EmbeddingOp {
+        freeze_row0,
+        sink: GradSink::current_for(table),
+    };
+    table.apply_op2(&ids.contiguous()?, op)
+}
+
+/// [`embedding`] from candle ops: the reference and the fallback.
+pub fn embedding_composite(table: &Tensor, ids: &Tensor, freeze_row0: bool) -> Result<Tensor> {
+    let out = table.index_select(ids, 0)?;
+    if !freeze_row0 {
+        return Ok(out);
+    }
+    // Same value as the plain lookup, but rows looked up with id 0 come from a detached copy.
+    let frozen = table.detach().index_select(ids, 0)?;
+    let keep = ids.ne(0u32)?.to_dtype(out.dtype())?.unsqueeze(1)?;
+    let diff = out.sub(&frozen)?.broadcast_mul(&keep)?;
+    frozen.add(&diff)
+}
+
+/// [`embedding`]'s op; the sink, when collecting, takes the table's gradient.
+struct EmbeddingOp {
+    freeze_row0: bool,
+    sink: Option<GradSink>,
+}
+
+impl EmbeddingOp {
+    /// The ids as row numbers of a table of `rows`.
+    fn rows<'a>(&self, ids: &'a CpuStorage, l: &Layout, rows: usize) -> Result<&'a [u32]> {
+        let CpuStorage::U32(ids) = ids else {
+            bail!("embedding: expected u32 ids")
+        };
+        let Some((a, b)) = l.contiguous_offsets() else {
+            bail!("embedding: expected contiguous ids")
+        };
+        let ids = &ids[a..b];
+        if let Some(bad) = ids.iter().find(|&&i| i as usize >= rows) {
+            bail!("embedding: id {bad} outside a table of {rows} rows")
+        }
+        Ok(ids)
+    }
+
+    /// `dtable[id] += grad row` for every looked-up row (in order; not row 0 when frozen).
+    fn scatter(&self, dtable: &mut [f32], ids: &[u32], grad: &[f32], dim: usize) {
+        for (&id, g) in ids.iter().zip(grad.chunks(dim)) {
+            if self.freeze_row0 && id == 0 {
+                continue;
+            }
+            let id = id as usize;
+            for (d, g) in dtable[id * dim..(id + 1) * dim].iter_mut().zip(g) {
+                *d += g;
+            }
+        }
+    }
+}
+
+impl CustomOp2 for EmbeddingOp {
+    fn name(&self) -> &'static str {
+        "msp-embedding"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (rows, dim) = l1.shape().dims2()?;
+        let table = slice(s1, l1, self.name())?;
+        let ids = self.rows(s2, l2, rows)?;
+        let mut out = vec![0f32; ids.len() * dim];
+        par_rows(&mut out, dim.max(1), |i, o| {
+            let id = ids[i] as usize;
+            o.copy_from_slice(&table[id * dim..(id + 1) * dim]);
+        });
+        Ok((CpuStorage::F32(out), Shape::from((ids.len(), dim))))
+    }
+
+    fn bwd(
+        &self,
+        table: &Tensor,
+        ids: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (rows, dim) = table.dims2()?;
+        let grad = grad.contiguous()?;
+        let (gs, gl) = grad.storage_and_layout();
+        let (is, il) = ids.storage_and_layout();
+        let g = cpu_slice(&gs, gl, self.name())?;
+        let Storage::Cpu(is) = &*is else {
+            bail!("embedding: expected CPU ids")
+        };
+        let ids = self.rows(is, il, rows)?;
+        if g.len() != ids.len() * dim {
+            bail!(
+                "embedding: gradient of {} elements for {} rows",
+                g.len(),
+                ids.len()
+            )
+        }
+        match &self.sink {
+            Some(sink) => {
+                sink.add_into(table, |d| {
+                    self.scatter(d, ids, g, dim);
+                    Ok(())
+                })?;
+                Ok((None, None))
+            }
+            None => {
+                let mut d = vec![0f32; rows * dim];
+                self.scatter(&mut d, ids, g, dim);
+                Ok((
+                    Some(Tensor::from_vec(d, (rows, dim), table.device())?),
+                    None,
+                ))
+            }
+        }
     }
 }
 
@@ -1482,6 +1657,24 @@ mod tests {
                 "candle's backward does compute one"
             );
         }
+    }
+
+    #[test]
+    fn embedding_matches_composite_with_gradients() {
+        let table = randn(&[6, 5], 1, 1.0);
+        // Repeated ids add up; with `freeze_row0` row 0 gets none.
+        let ids = Tensor::new(&[3u32, 0, 5, 3, 1, 0], &Device::Cpu).unwrap();
+        for freeze in [false, true] {
+            check(
+                std::slice::from_ref(&table),
+                |v| embedding(&v[0], &ids, freeze),
+                |v| embedding_composite(&v[0], &ids, freeze),
+                1e-6,
+            );
+        }
+        let bad = Tensor::new(&[6u32], &Device::Cpu).unwrap();
+        let err = embedding(&table, &bad, false).unwrap_err().to_string();
+        assert!(err.contains("id 6 outside a table of 6 rows"), "{err}");
     }
 
     #[test]

@@ -7,19 +7,17 @@ use msp_model::{
     Nlvr2Head, SyntheticBatch, Variant,
 };
 
-fn all_heads_step(variant: Variant) {
-    let dev = Device::Cpu;
-    let cfg = Config::tiny();
-    let model = Lxmert::new(&cfg, variant, 11, &dev).unwrap();
-    // Fine-tuning heads, added to the same variable store.
+/// The loss of a training step through every head: pre-training (MLM, ITM, obj/attr/feat,
+/// QA, topic for LXMERT-S, with dropout on) and the fine-tuning heads.
+fn all_heads_loss(model: &Lxmert, cfg: &Config, dev: &Device) -> Tensor {
+    // Fine-tuning heads, added to the same variable store (the same variables each call).
     let vb = model.var_builder();
-    let vqa = AnswerHead::load(vb.pp("vqa_head"), &cfg, 4).unwrap();
-    let nlvr2 = Nlvr2Head::load(vb.pp("nlvr2_head"), &cfg).unwrap();
-    let retrieval = MatchHead::load(vb.pp("seq_relationship_new_ft"), &cfg).unwrap();
+    let vqa = AnswerHead::load(vb.pp("vqa_head"), cfg, 4).unwrap();
+    let nlvr2 = Nlvr2Head::load(vb.pp("nlvr2_head"), cfg).unwrap();
+    let retrieval = MatchHead::load(vb.pp("seq_relationship_new_ft"), cfg).unwrap();
 
-    let batch = SyntheticBatch::new(&cfg, 4, 7, 5, 5, &dev).unwrap();
-    // Pre-training heads (MLM, ITM, obj/attr/feat, QA, topic for LXMERT-S), with dropout on.
-    let mut loss = pretraining_loss(&model, &batch, true).unwrap();
+    let batch = SyntheticBatch::new(cfg, 4, 7, 5, 5, dev).unwrap();
+    let mut loss = pretraining_loss(model, &batch, true).unwrap();
     let out = model.model().forward_t(&batch.inputs(), true).unwrap();
     let p = &out.pooled_output;
     let soft = Tensor::new(
@@ -29,14 +27,22 @@ fn all_heads_step(variant: Variant) {
             [0., 0., 0., 0.9],
             [0.6, 0., 0., 1.],
         ],
-        &dev,
+        dev,
     )
     .unwrap();
     loss = (loss + bce_with_logits(&vqa.forward(p).unwrap(), &soft).unwrap()).unwrap();
-    let pair_labels = Tensor::new(&[1u32, 0], &dev).unwrap();
+    let pair_labels = Tensor::new(&[1u32, 0], dev).unwrap();
     loss = (loss + cross_entropy(&nlvr2.forward(p).unwrap(), &pair_labels).unwrap()).unwrap();
-    let match_labels = Tensor::new(&[1u32, 0, 0, 1], &dev).unwrap();
+    let match_labels = Tensor::new(&[1u32, 0, 0, 1], dev).unwrap();
     loss = (loss + cross_entropy(&retrieval.forward(p).unwrap(), &match_labels).unwrap()).unwrap();
+    loss
+}
+
+fn all_heads_step(variant: Variant) {
+    let dev = Device::Cpu;
+    let cfg = Config::tiny();
+    let model = Lxmert::new(&cfg, variant, 11, &dev).unwrap();
+    let loss = all_heads_loss(&model, &cfg, &dev);
     let l: f32 = loss.to_dtype(DType::F32).unwrap().to_scalar().unwrap();
     assert!(l.is_finite());
 
@@ -72,6 +78,49 @@ fn every_variable_gets_a_gradient_lxmert_s() {
 #[test]
 fn every_variable_gets_a_gradient_lxmert() {
     all_heads_step(Variant::Lxmert);
+}
+
+/// The gradients the fused ops write into a `GradSink` (linear weights and biases, the
+/// embedding tables; the cross-attention is used by both streams and the word table is also
+/// the MLM decoder, so several uses add up) are those of candle's own backward.
+fn sink_matches_backward(variant: Variant) {
+    use msp_model::ops::GradSink;
+    let dev = Device::Cpu;
+    let cfg = Config::tiny();
+    let model = Lxmert::new(&cfg, variant, 11, &dev).unwrap();
+    model.reseed_dropout(3);
+    let plain = all_heads_loss(&model, &cfg, &dev).backward().unwrap();
+    model.reseed_dropout(3);
+    let sink = GradSink::new();
+    let loss = sink.collect(|| all_heads_loss(&model, &cfg, &dev));
+    let sunk = sink.backward(&loss).unwrap();
+    for (name, var) in model.named_vars() {
+        let (a, b) = (plain.get(&var), sunk.get(&var));
+        let (Some(a), Some(b)) = (a, b) else {
+            panic!("{variant}: {name}: gradient with the sink {b:?}, without {a:?}")
+        };
+        let a: Vec<f32> = a.flatten_all().unwrap().to_vec1().unwrap();
+        let b: Vec<f32> = b.flatten_all().unwrap().to_vec1().unwrap();
+        let scale = a.iter().fold(1e-3f32, |m, x| m.max(x.abs()));
+        let diff = a
+            .iter()
+            .zip(&b)
+            .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+        assert!(
+            diff <= 1e-5 * scale,
+            "{variant}: {name} differs by {diff} (scale {scale})"
+        );
+    }
+}
+
+#[test]
+fn gradient_sink_matches_backward_lxmert_s() {
+    sink_matches_backward(Variant::LxmertS);
+}
+
+#[test]
+fn gradient_sink_matches_backward_lxmert() {
+    sink_matches_backward(Variant::Lxmert);
 }
 
 #[test]

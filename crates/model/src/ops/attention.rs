@@ -10,10 +10,10 @@
 //! gradients.
 
 use super::{
-    autocast_matmul, check_keep, fused, gemm_into, scaled_softmax_row, slice, softmax_grad_row,
-    KeepMask, Operand, SharedMut,
+    autocast_matmul, check_keep, cpu_slice, fused, gemm_into, scaled_softmax_row, slice,
+    softmax_grad_row, KeepMask, Operand, SharedMut,
 };
-use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Storage, Tensor};
+use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 use std::sync::OnceLock;
 
@@ -333,14 +333,6 @@ impl AttentionOp {
             )
         }
         Ok(())
-    }
-}
-
-/// The contiguous f32 slice of a tensor on the CPU.
-fn cpu_slice<'a>(storage: &'a Storage, layout: &Layout, op: &str) -> Result<&'a [f32]> {
-    match storage {
-        Storage::Cpu(s) => slice(s, layout, op),
-        _ => bail!("{op}: expected a CPU tensor"),
     }
 }
 
