@@ -60,8 +60,8 @@ impl MlmHead {
         let h = *dims.last().unwrap_or(&0);
         let rows = x.elem_count() / h.max(1);
         let t = self.transform.forward(&x.reshape((rows, h))?)?;
-        let logits =
-            crate::ops::autocast_matmul(&t, &self.decoder.t()?)?.broadcast_add(&self.bias)?;
+        // The table `[V, H]` is the weight of a linear layer `H → V`.
+        let logits = crate::ops::linear(&t, &self.decoder, Some(&self.bias))?;
         let mut out = dims;
         if let Some(last) = out.last_mut() {
             *last = self.decoder.dim(0)?;

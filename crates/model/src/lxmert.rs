@@ -9,7 +9,7 @@ use candle_nn::VarBuilder;
 
 use crate::config::{Config, Variant};
 use crate::language_rows::LanguageRows;
-use crate::nn::{gelu, Dropout, DropoutRng, Embedding, LayerNorm, Linear, Rows};
+use crate::nn::{Dropout, DropoutRng, Embedding, LayerNorm, Linear, Rows};
 
 /// Additive value for masked attention positions (original LXMERT; HF uses the dtype minimum,
 /// which gives the same f32 probabilities: both underflow to exactly 0 after `exp`).
@@ -187,17 +187,12 @@ impl DenseResidualNorm {
         rows: Rows<'_>,
         train: bool,
     ) -> Result<Tensor> {
-        let y = self.dense.forward(x)?;
-        let h = y.dim(candle_core::D::Minus1)?;
-        let outer = y.elem_count() / (rows.kept * h).max(1);
+        let h = self.dense.weight().dim(0)?;
+        let outer = residual.elem_count() / (rows.kept * h).max(1);
         let keep = self.dropout.keep_mask_rows(outer, rows, h, train)?;
         let scale = self.dropout.keep_scale();
-        self.layer_norm.forward(&crate::ops::dropout_add(
-            &y,
-            residual,
-            keep.as_ref(),
-            scale,
-        )?)
+        self.layer_norm
+            .forward_dense_residual(&self.dense, x, residual, keep.as_ref(), scale)
     }
 
     /// Draws the dropout mask of a forward over `n` rows, without computing anything.
@@ -295,7 +290,7 @@ impl FeedForward {
 
     /// [`Self::forward_t`] for `x [B, rows.kept, H]`, the rows `rows` selects of a sequence.
     pub fn forward_rows_t(&self, x: &Tensor, rows: Rows<'_>, train: bool) -> Result<Tensor> {
-        let i = gelu(&self.intermediate.forward(x)?)?;
+        let i = self.intermediate.forward_gelu(x)?;
         self.output.forward_rows_t(&i, x, rows, train)
     }
 

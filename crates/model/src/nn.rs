@@ -43,6 +43,19 @@ impl Linear {
     pub fn weight(&self) -> &Tensor {
         self.inner.weight()
     }
+
+    /// The bias `[out]`.
+    pub fn bias(&self) -> Option<&Tensor> {
+        self.inner.bias()
+    }
+
+    /// `gelu(self(x))` ([`crate::ops::linear_gelu`]: one op in a training step).
+    pub fn forward_gelu(&self, x: &Tensor) -> Result<Tensor> {
+        match self.inner.bias() {
+            Some(b) => crate::ops::linear_gelu(x, self.inner.weight(), b),
+            None => gelu(&self.forward(x)?),
+        }
+    }
 }
 
 impl Module for Linear {
@@ -65,6 +78,30 @@ impl LayerNorm {
         let weight = vb.get_with_hints(dim, "weight", Init::Const(1.))?;
         let bias = vb.get_with_hints(dim, "bias", Init::Const(0.))?;
         Ok(Self { weight, bias, eps })
+    }
+
+    /// `self(dropout(dense(x)) + residual)`, dropout as in [`crate::ops::dropout_add`]
+    /// ([`crate::ops::dense_residual_norm`]: one op in a training step).
+    pub fn forward_dense_residual(
+        &self,
+        dense: &Linear,
+        x: &Tensor,
+        residual: &Tensor,
+        keep: Option<&KeepMask>,
+        scale: f32,
+    ) -> Result<Tensor> {
+        let Some(bias) = dense.bias() else {
+            let y = crate::ops::dropout_add(&dense.forward(x)?, residual, keep, scale)?;
+            return self.forward(&y);
+        };
+        let params = crate::ops::ResidualNormParams {
+            weight: dense.weight(),
+            bias,
+            norm_weight: &self.weight,
+            norm_bias: &self.bias,
+            eps: self.eps,
+        };
+        crate::ops::dense_residual_norm(x, residual, params, keep, scale)
     }
 }
 

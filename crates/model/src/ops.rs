@@ -30,10 +30,14 @@ use rayon::prelude::*;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 mod attention;
+mod blocks;
 mod grad_sink;
 mod keep_mask;
 mod precision;
 pub use attention::{multi_head_attention, multi_head_attention_composite, AttentionDropout};
+pub use blocks::{
+    dense_residual_norm, dense_residual_norm_composite, linear_gelu, ResidualNormParams,
+};
 pub use grad_sink::GradSink;
 pub use keep_mask::KeepMask;
 use precision::products_fused;
@@ -852,40 +856,54 @@ impl CustomOp3 for LayerNormGradOp {
         let (rows, h) = rows_of(l1)?;
         let mut out = vec![0f32; (rows + 2) * h];
         let (dx, dparams) = out.split_at_mut(rows * h);
-        let per_task = min_rows(h);
-        // dx row by row; dweight/dbias as one partial sum per task, added in task order.
-        let partials: Vec<Vec<f32>> = dx
-            .par_chunks_mut(per_task * h)
-            .enumerate()
-            .map(|(c, dxc)| {
-                let mut acc = vec![0f32; 2 * h];
-                let (dw, db) = acc.split_at_mut(h);
-                for (k, dxr) in dxc.chunks_mut(h).enumerate() {
-                    let r = c * per_task + k;
-                    let xr = &x[r * h..(r + 1) * h];
-                    let dyr = &dy[r * h..(r + 1) * h];
-                    let (mean, rstd) = row_stats(xr, self.eps);
-                    let (mut sum_g, mut sum_gx) = (0f32, 0f32);
-                    for j in 0..h {
-                        let xhat = (xr[j] - mean) * rstd;
-                        let gj = dyr[j] * g[j];
-                        sum_g += gj;
-                        sum_gx += gj * xhat;
-                        dw[j] += dyr[j] * xhat;
-                        db[j] += dyr[j];
-                    }
-                    let (mg, mgx) = (sum_g / h as f32, sum_gx / h as f32);
-                    for j in 0..h {
-                        let xhat = (xr[j] - mean) * rstd;
-                        dxr[j] = rstd * (dyr[j] * g[j] - mg - xhat * mgx);
-                    }
-                }
-                acc
-            })
-            .collect();
-        add_in_order(dparams, &partials);
+        layer_norm_backward(x, g, dy, self.eps, dx, dparams);
         Ok((CpuStorage::F32(out), Shape::from((rows + 2, h))))
     }
+}
+
+/// LayerNorm's backward over rows of `h = g.len()`: `dx` (rows like `x`) and, in `dparams`
+/// `[2h]`, dweight then dbias (partial sums per task, added in task order).
+fn layer_norm_backward(
+    x: &[f32],
+    g: &[f32],
+    dy: &[f32],
+    eps: f32,
+    dx: &mut [f32],
+    dparams: &mut [f32],
+) {
+    let h = g.len();
+    let per_task = min_rows(h);
+    // dx row by row; dweight/dbias as one partial sum per task, added in task order.
+    let partials: Vec<Vec<f32>> = dx
+        .par_chunks_mut(per_task * h)
+        .enumerate()
+        .map(|(c, dxc)| {
+            let mut acc = vec![0f32; 2 * h];
+            let (dw, db) = acc.split_at_mut(h);
+            for (k, dxr) in dxc.chunks_mut(h).enumerate() {
+                let r = c * per_task + k;
+                let xr = &x[r * h..(r + 1) * h];
+                let dyr = &dy[r * h..(r + 1) * h];
+                let (mean, rstd) = row_stats(xr, eps);
+                let (mut sum_g, mut sum_gx) = (0f32, 0f32);
+                for j in 0..h {
+                    let xhat = (xr[j] - mean) * rstd;
+                    let gj = dyr[j] * g[j];
+                    sum_g += gj;
+                    sum_gx += gj * xhat;
+                    dw[j] += dyr[j] * xhat;
+                    db[j] += dyr[j];
+                }
+                let (mg, mgx) = (sum_g / h as f32, sum_gx / h as f32);
+                for j in 0..h {
+                    let xhat = (xr[j] - mean) * rstd;
+                    dxr[j] = rstd * (dyr[j] * g[j] - mg - xhat * mgx);
+                }
+            }
+            acc
+        })
+        .collect();
+    add_in_order(dparams, &partials);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -904,6 +922,20 @@ pub fn gelu(x: &Tensor) -> Result<Tensor> {
 /// Elements per rayon task of an element-wise kernel.
 const ELEMWISE_TASK: usize = 8 * 1024;
 
+/// `x · Φ(x)`.
+#[inline]
+fn gelu_of(x: f32) -> f32 {
+    0.5 * x * (1.0 + erf(x * FRAC_1_SQRT_2))
+}
+
+/// `dy · (Φ(x) + x·φ(x))`, GELU's backward.
+#[inline]
+fn gelu_grad_of(x: f32, dy: f32) -> f32 {
+    let cdf = 0.5 * (1.0 + erf(x * FRAC_1_SQRT_2));
+    let pdf = FRAC_1_SQRT_2PI * exp(-0.5 * x * x);
+    dy * (x * pdf + cdf)
+}
+
 struct GeluOp;
 
 impl CustomOp1 for GeluOp {
@@ -918,7 +950,7 @@ impl CustomOp1 for GeluOp {
             .zip(x.par_chunks(ELEMWISE_TASK))
             .for_each(|(o, x)| {
                 for (o, &v) in o.iter_mut().zip(x) {
-                    *o = 0.5 * v * (1.0 + erf(v * FRAC_1_SQRT_2));
+                    *o = gelu_of(v);
                 }
             });
         Ok((CpuStorage::F32(out), l.shape().clone()))
@@ -953,9 +985,7 @@ impl CustomOp2 for GeluGradOp {
             )
             .for_each(|(o, (x, dy))| {
                 for ((o, &v), &d) in o.iter_mut().zip(x).zip(dy) {
-                    let cdf = 0.5 * (1.0 + erf(v * FRAC_1_SQRT_2));
-                    let pdf = FRAC_1_SQRT_2PI * exp(-0.5 * v * v);
-                    *o = d * (v * pdf + cdf);
+                    *o = gelu_grad_of(v, d);
                 }
             });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
@@ -1841,5 +1871,124 @@ mod tests {
             1.0
         )
         .is_err());
+    }
+
+    /// A block's function of its activations and parameters.
+    type BlockFn<'a> = &'a dyn Fn(&[Tensor], &[Tensor]) -> Result<Tensor>;
+
+    /// Value and gradients of `f(acts, params)·w` for the fused block run inside a
+    /// [`GradSink`] (its parameters' gradients go there) and the composite run without.
+    fn check_block(
+        acts: &[Tensor],
+        params: &[Tensor],
+        fused: impl Fn(&[Tensor], &[Tensor]) -> Result<Tensor>,
+        composite: impl Fn(&[Tensor], &[Tensor]) -> Result<Tensor>,
+        tol: f32,
+    ) {
+        let run = |f: BlockFn<'_>, collect: bool| {
+            let vars: Vec<Var> = acts
+                .iter()
+                .chain(params)
+                .map(|t| Var::from_tensor(t).unwrap())
+                .collect();
+            let ts: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
+            let (a, p) = ts.split_at(acts.len());
+            let sink = GradSink::new();
+            let y = if collect {
+                sink.collect(|| f(a, p))
+            } else {
+                f(a, p)
+            }
+            .unwrap();
+            let w = randn(y.dims(), 99, 1.0);
+            // An empty sink's backward is candle's.
+            let grads = sink
+                .backward(&y.mul(&w).unwrap().sum_all().unwrap())
+                .unwrap();
+            let gs: Vec<Tensor> = vars
+                .iter()
+                .map(|v| grads.get(v).expect("every input gets a gradient").clone())
+                .collect();
+            (y, gs)
+        };
+        let (yf, gf) = run(&fused, true);
+        let (yc, gc) = run(&composite, false);
+        let d = max_diff(&yf, &yc);
+        assert!(d < tol, "value differs by {d}");
+        for (i, (a, b)) in gf.iter().zip(&gc).enumerate() {
+            let d = max_diff(a, b);
+            assert!(d < tol, "gradient {i} differs by {d}");
+        }
+    }
+
+    #[test]
+    fn dense_residual_norm_matches_composite_with_gradients() {
+        // Rows over more than one task, so the mask words are offset per task.
+        let x = randn(&[3, 50, 24], 21, 1.0);
+        let r = randn(&[3, 50, 130], 22, 1.0);
+        let params = [
+            randn(&[130, 24], 23, 0.3),
+            randn(&[130], 24, 0.1),
+            randn(&[130], 25, 1.0),
+            randn(&[130], 26, 0.1),
+        ];
+        let flags: Vec<bool> = (0..r.elem_count()).map(|i| (i * 7) % 10 < 9).collect();
+        let keep = KeepMask::from_flags(&flags);
+        fn of(p: &[Tensor]) -> ResidualNormParams<'_> {
+            ResidualNormParams {
+                weight: &p[0],
+                bias: &p[1],
+                norm_weight: &p[2],
+                norm_bias: &p[3],
+                eps: 1e-12,
+            }
+        }
+        for k in [Some(&keep), None] {
+            check_block(
+                &[x.clone(), r.clone()],
+                &params,
+                |a, p| dense_residual_norm(&a[0], &a[1], of(p), k, 1.0 / 0.9),
+                |a, p| dense_residual_norm_composite(&a[0], &a[1], of(p), k, 1.0 / 0.9),
+                1e-4,
+            );
+        }
+        // With a collecting sink the block is its own op (its errors name it).
+        let vars: Vec<Var> = params
+            .iter()
+            .map(|t| Var::from_tensor(t).unwrap())
+            .collect();
+        let ts: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
+        let short = KeepMask::from_flags(&[true; 3]);
+        let err = GradSink::new()
+            .collect(|| dense_residual_norm(&x, &r, of(&ts), Some(&short), 1.0))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("dense-residual-norm: 3 mask flags"), "{err}");
+    }
+
+    #[test]
+    fn linear_gelu_matches_composite_with_gradients() {
+        let x = randn(&[3, 40, 24], 31, 1.0);
+        let params = [randn(&[230, 24], 32, 0.3), randn(&[230], 33, 0.1)];
+        check_block(
+            std::slice::from_ref(&x),
+            &params,
+            |a, p| linear_gelu(&a[0], &p[0], &p[1]),
+            |a, p| gelu(&linear(&a[0], &p[0], Some(&p[1]))?),
+            1e-4,
+        );
+        // Hand value: x = (1, −1), W = I, b = (0.5, 0) → (gelu(1.5), gelu(−1)).
+        let w =
+            Var::from_tensor(&Tensor::new(&[[1f32, 0.], [0., 1.]], &Device::Cpu).unwrap()).unwrap();
+        let b = Var::from_tensor(&Tensor::new(&[0.5f32, 0.], &Device::Cpu).unwrap()).unwrap();
+        let x = Tensor::new(&[[1f32, -1.]], &Device::Cpu).unwrap();
+        let y = GradSink::new()
+            .collect(|| linear_gelu(&x, w.as_tensor(), b.as_tensor()))
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
+        // gelu(1.5) = 1.5·Φ(1.5) = 1.5 · 0.9331928; gelu(−1) = −Φ(−1) = −0.1586553.
+        assert!((y[0][0] - 1.399_789).abs() < 1e-5, "{}", y[0][0]);
+        assert!((y[0][1] + 0.158_655_3).abs() < 1e-5, "{}", y[0][1]);
     }
 }

@@ -91,15 +91,24 @@ impl GradSink {
 
     /// The sink collecting on this thread, for a fused op reading `var`; `None` when none
     /// is, or when `var` is not a CPU f32 variable (its gradient then goes through candle).
-    pub(crate) fn current_for(var: &Tensor) -> Option<Self> {
+    pub(super) fn current_for(var: &Tensor) -> Option<Self> {
         if !(var.is_variable() && fused(var)) {
             return None;
         }
         CURRENT.with(|c| c.borrow().clone())
     }
 
+    /// The sink collecting on this thread, for a fused op reading all of `vars` (each as in
+    /// [`Self::current_for`]).
+    pub(super) fn current_for_all(vars: &[&Tensor]) -> Option<Self> {
+        if !vars.iter().all(|v| v.is_variable() && fused(v)) {
+            return None;
+        }
+        CURRENT.with(|c| c.borrow().clone())
+    }
+
     /// `var`'s gradient += `lhs [m, k] · rhs [k, n]` (2-D CPU f32 tensors, any strides).
-    pub(crate) fn add_product(&self, var: &Tensor, lhs: &Tensor, rhs: &Tensor) -> Result<()> {
+    pub(super) fn add_product(&self, var: &Tensor, lhs: &Tensor, rhs: &Tensor) -> Result<()> {
         const OP: &str = "gradient sink";
         let ((m, k), (k2, n)) = (lhs.dims2()?, rhs.dims2()?);
         if k != k2 || var.elem_count() != m * n {
@@ -114,12 +123,24 @@ impl GradSink {
             Operand::of_storage(&ls, ll, OP)?,
             Operand::of_storage(&rs, rl, OP)?,
         );
+        self.add_product_of(var, (m, n, k), a, b);
+        Ok(())
+    }
+
+    /// `var`'s gradient (`m·n` elements, checked by the caller) += `lhs [m, k] · rhs [k, n]`.
+    pub(super) fn add_product_of(
+        &self,
+        var: &Tensor,
+        (m, n, k): (usize, usize, usize),
+        lhs: Operand,
+        rhs: Operand,
+    ) {
         let mut collected = self.lock();
         match collected.get_mut(&var.id()) {
-            // SAFETY: `grad` holds the m·n initialised elements (checked at insertion).
-            Some(c) => unsafe { par_gemm(c.grad.as_mut_ptr(), (m, n, k), true, a, b) },
+            // SAFETY: `grad` holds the m·n initialised elements (the variable's size).
+            Some(c) => unsafe { par_gemm(c.grad.as_mut_ptr(), (m, n, k), true, lhs, rhs) },
             None => {
-                let grad = product(m, n, k, a, b);
+                let grad = product(m, n, k, lhs, rhs);
                 collected.insert(
                     var.id(),
                     Collected {
@@ -129,11 +150,10 @@ impl GradSink {
                 );
             }
         }
-        Ok(())
     }
 
     /// `var`'s gradient += the column sums of `rows [r, n]` (the bias of a linear layer).
-    pub(crate) fn add_column_sums(&self, var: &Tensor, rows: &Tensor) -> Result<()> {
+    pub(super) fn add_column_sums(&self, var: &Tensor, rows: &Tensor) -> Result<()> {
         let rows = rows.contiguous()?;
         let n = var.elem_count();
         let sums = {
@@ -149,7 +169,7 @@ impl GradSink {
     }
 
     /// `var`'s gradient += what `add` adds into it (a zero-filled buffer the first time).
-    pub(crate) fn add_into(
+    pub(super) fn add_into(
         &self,
         var: &Tensor,
         add: impl FnOnce(&mut [f32]) -> Result<()>,
