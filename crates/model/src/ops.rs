@@ -1029,6 +1029,23 @@ fn kept(bits: &[u64], i: usize) -> bool {
     bits[i / 64] >> (i % 64) & 1 == 1
 }
 
+/// `x · scale` where `keep` is set, 0 elsewhere.
+fn masked(x: &[f32], keep: &KeepMask, scale: f32) -> Vec<f32> {
+    let mut out = vec![0f32; x.len()];
+    // ELEMWISE_TASK is a multiple of 64, so each task starts on a word of the mask.
+    out.par_chunks_mut(ELEMWISE_TASK)
+        .zip(x.par_chunks(ELEMWISE_TASK))
+        .zip(keep.words().par_chunks(ELEMWISE_TASK / 64))
+        .for_each(|((o, x), bits)| {
+            for (i, (o, &v)) in o.iter_mut().zip(x).enumerate() {
+                if kept(bits, i) {
+                    *o = v * scale;
+                }
+            }
+        });
+    out
+}
+
 /// Multiplies by `scale` where the bit is set, 0 elsewhere (forward and backward alike).
 struct DropoutOp {
     keep: KeepMask,
@@ -1042,18 +1059,7 @@ impl CustomOp1 for DropoutOp {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = slice(s, l, self.name())?;
-        let mut out = vec![0f32; x.len()];
-        // ELEMWISE_TASK is a multiple of 64, so each task starts on a word of the mask.
-        out.par_chunks_mut(ELEMWISE_TASK)
-            .zip(x.par_chunks(ELEMWISE_TASK))
-            .zip(self.keep.words().par_chunks(ELEMWISE_TASK / 64))
-            .for_each(|((o, x), bits)| {
-                for (i, (o, &v)) in o.iter_mut().zip(x).enumerate() {
-                    if kept(bits, i) {
-                        *o = v * self.scale;
-                    }
-                }
-            });
+        let out = masked(x, &self.keep, self.scale);
         Ok((CpuStorage::F32(out), l.shape().clone()))
     }
 

@@ -11,8 +11,8 @@
 
 use super::{
     column_sums, cpu_slice, dropout_add, fused, gelu, gelu_grad_of, gelu_of, kept, layer_norm,
-    layer_norm_backward, linear, par_rows, product, products_fused, row_stats, rows_layout, slice,
-    GradSink, KeepMask, Operand, ELEMWISE_TASK,
+    layer_norm_backward, linear, masked, par_rows, product, products_fused, row_stats, rows_layout,
+    slice, GradSink, KeepMask, Operand, ELEMWISE_TASK,
 };
 use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -288,11 +288,7 @@ impl CustomOp2 for DenseResidualNormOp {
         }
         // The dense output's gradient: dz through the dropout mask.
         let dy: Vec<f32> = match &self.keep {
-            Some(keep) => dz
-                .par_iter()
-                .enumerate()
-                .map(|(i, &d)| if keep.get(i) { d * self.scale } else { 0.0 })
-                .collect(),
+            Some(keep) => masked(&dz, keep, self.scale),
             None => dz.clone(),
         };
         let dx = product_backward(&self.sink, (&self.weight, &self.bias), x, &dy, name)?;

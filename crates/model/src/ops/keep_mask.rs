@@ -34,11 +34,15 @@ impl KeepMask {
         // u · 2⁻²⁴ ≥ p  ⇔  u ≥ ⌈p · 2²⁴⌉ (both sides exact: u < 2²⁴, p · 2²⁴ scales the exponent).
         let threshold = (f64::from(p) * f64::from(1u32 << 24)).ceil().max(0.0) as u64;
         let mut words = vec![0u64; n.div_ceil(64)];
+        // A word's 64 draws at once: `fill_bytes` consumes the stream's u32s in the order
+        // `next_u32` would (little-endian bytes), whole u32s only.
+        let mut bytes = [0u8; 256];
         for (w, word) in words.iter_mut().enumerate() {
             let bits = (n - w * 64).min(64);
-            for b in 0..bits {
-                let u = u64::from(rng.next_u32() >> 8);
-                *word |= u64::from(u >= threshold) << b;
+            rng.fill_bytes(&mut bytes[..4 * bits]);
+            for (b, u) in bytes[..4 * bits].chunks_exact(4).enumerate() {
+                let u = u32::from_le_bytes([u[0], u[1], u[2], u[3]]) >> 8;
+                *word |= u64::from(u64::from(u) >= threshold) << b;
             }
         }
         Self { words, len: n }
