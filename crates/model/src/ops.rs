@@ -759,12 +759,60 @@ pub fn layer_norm_composite(
         .broadcast_add(bias)
 }
 
+/// Lanes of [`lane_sum`]: one AVX vector of f32.
+const LANES: usize = 8;
+
+/// `Σ f(a[j], b[j], c[j])` (slices of one length) in [`LANES`] interleaved partial sums, so
+/// that it vectorises (f32 addition is not reassociated otherwise), then added in lane order.
+#[inline]
+fn lane_sum(a: &[f32], b: &[f32], c: &[f32], f: impl Fn(f32, f32, f32) -> f32) -> f32 {
+    let mut acc = [0f32; LANES];
+    let (ac, bc, cc) = (
+        a.chunks_exact(LANES),
+        b.chunks_exact(LANES),
+        c.chunks_exact(LANES),
+    );
+    let mut tail = 0f32;
+    for ((&x, &y), &z) in ac
+        .remainder()
+        .iter()
+        .zip(bc.remainder())
+        .zip(cc.remainder())
+    {
+        tail += f(x, y, z);
+    }
+    for ((x, y), z) in ac.zip(bc).zip(cc) {
+        for l in 0..LANES {
+            acc[l] += f(x[l], y[l], z[l]);
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+/// The largest element of `x` (−∞ for none), in [`LANES`] interleaved maxima.
+#[inline]
+fn lane_max(x: &[f32]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; LANES];
+    let chunks = x.chunks_exact(LANES);
+    let tail = chunks
+        .remainder()
+        .iter()
+        .copied()
+        .fold(f32::NEG_INFINITY, f32::max);
+    for c in chunks {
+        for l in 0..LANES {
+            acc[l] = acc[l].max(c[l]);
+        }
+    }
+    acc.iter().copied().fold(tail, f32::max)
+}
+
 /// Mean and 1/√(var + eps) of one row.
 #[inline]
 fn row_stats(x: &[f32], eps: f32) -> (f32, f32) {
     let n = x.len() as f32;
-    let mean = x.iter().sum::<f32>() / n;
-    let var = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n;
+    let mean = lane_sum(x, x, x, |v, _, _| v) / n;
+    let var = lane_sum(x, x, x, |v, _, _| (v - mean) * (v - mean)) / n;
     (mean, 1.0 / (var + eps).sqrt())
 }
 
@@ -885,15 +933,14 @@ fn layer_norm_backward(
                 let xr = &x[r * h..(r + 1) * h];
                 let dyr = &dy[r * h..(r + 1) * h];
                 let (mean, rstd) = row_stats(xr, eps);
-                let (mut sum_g, mut sum_gx) = (0f32, 0f32);
                 for j in 0..h {
                     let xhat = (xr[j] - mean) * rstd;
-                    let gj = dyr[j] * g[j];
-                    sum_g += gj;
-                    sum_gx += gj * xhat;
                     dw[j] += dyr[j] * xhat;
                     db[j] += dyr[j];
                 }
+                // Σ dy·g and Σ dy·g·x̂ over the row (x̂ = (x − mean)·rstd).
+                let sum_g = lane_sum(dyr, g, g, |d, g, _| d * g);
+                let sum_gx = lane_sum(dyr, g, xr, |d, g, x| d * g * ((x - mean) * rstd));
                 let (mg, mgx) = (sum_g / h as f32, sum_gx / h as f32);
                 for j in 0..h {
                     let xhat = (xr[j] - mean) * rstd;
@@ -1227,7 +1274,7 @@ fn scaled_softmax_row(row: &mut [f32], scale: f32, mask: Option<&[f32]>) {
 /// `scale · y ⊙ (dy − ⟨dy, y⟩)` on return, for the softmax output `y`.
 #[inline]
 fn softmax_grad_row(y: &[f32], g: &mut [f32], scale: f32) {
-    let dot: f32 = y.iter().zip(g.iter()).map(|(a, b)| a * b).sum();
+    let dot = lane_sum(y, g, g, |a, b, _| a * b);
     for (g, &y) in g.iter_mut().zip(y) {
         *g = scale * y * (*g - dot);
     }
@@ -1236,13 +1283,11 @@ fn softmax_grad_row(y: &[f32], g: &mut [f32], scale: f32) {
 /// In-place softmax of one row.
 #[inline]
 fn softmax_row(o: &mut [f32]) {
-    let max = o.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0f32;
+    let max = lane_max(o);
     for v in o.iter_mut() {
         *v = exp(*v - max);
-        sum += *v;
     }
-    let inv = 1.0 / sum;
+    let inv = 1.0 / lane_sum(o, o, o, |v, _, _| v);
     for v in o.iter_mut() {
         *v *= inv;
     }
@@ -1387,8 +1432,8 @@ impl CustomOp2 for CrossEntropyOp {
             .with_min_len(min_rows(c))
             .zip(t.par_iter())
             .map(|(row, &t)| {
-                let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let sum: f32 = row.iter().map(|&v| exp(v - max)).sum();
+                let max = lane_max(row);
+                let sum = lane_sum(row, row, row, |v, _, _| exp(v - max));
                 f64::from(max + sum.ln() - row[t as usize])
             })
             .sum();
@@ -1504,6 +1549,21 @@ mod tests {
             let d = max_diff(a, b);
             assert!(d < tol, "gradient {i} differs by {d}");
         }
+    }
+
+    #[test]
+    fn lane_sums_and_maxima_cover_every_element() {
+        // Lengths around the lane width: the remainder is counted once, lanes all added.
+        for n in 0..30 {
+            let a: Vec<f32> = (0..n).map(|i| (i as f32 * 0.37).sin()).collect();
+            let b: Vec<f32> = (0..n).map(|i| 1.0 + i as f32).collect();
+            let dot: f64 = a.iter().zip(&b).map(|(&x, &y)| f64::from(x * y)).sum();
+            let got = lane_sum(&a, &b, &b, |x, y, _| x * y);
+            assert!((f64::from(got) - dot).abs() < 1e-4, "n = {n}: {got} vs {dot}");
+            let max = a.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            assert_eq!(lane_max(&a), max, "n = {n}");
+        }
+        assert_eq!(lane_sum(&[1., 2., 3.], &[0.; 3], &[0.; 3], |x, _, _| x), 6.0);
     }
 
     #[test]
