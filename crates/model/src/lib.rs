@@ -14,7 +14,12 @@
 //! LayerNorm, GELU, dropout (with the residual add) and the losses are our own fused CPU
 //! kernels with hand-written backward passes ([`ops`], each tested against a composite of
 //! candle's primitive ops, which is also the path on other devices), and a test checks that
-//! one training step gives every variable a finite, non-zero gradient. Random numbers (init, dropout) come from our own
+//! one training step gives every variable a finite, non-zero gradient. A training step runs
+//! its forward inside [`ops::GradSink::collect`] and its backward through
+//! [`ops::GradSink::backward`]: the fused ops then write their weights' gradients themselves
+//! (no zero-filled buffer and addition per use) and whole blocks (`LN(dropout(dense) +
+//! residual)`, dense + GELU) run as one op each; the gradients are the same (tested), and
+//! a plain `loss.backward()` without a sink still works. Random numbers (init, dropout) come from our own
 //! seeded RNG, so runs are reproducible on CPU. Modules follow candle-transformers' `bert.rs`
 //! (one struct per HF submodule, `load(vb, cfg)` with `vb.pp(<HF name>)`), so variable names
 //! equal checkpoint keys by construction, and take `train: bool` in `forward_t`.

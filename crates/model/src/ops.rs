@@ -11,6 +11,10 @@
 //! rayon. On other devices or dtypes each falls back to the composite of candle ops with the
 //! same value (the reference the kernels are tested against, see the tests below).
 //!
+//! [`GradSink`] (opt-in, for a training step) lets these ops' backward write the gradients of
+//! the variables they read straight into one buffer per variable, and lets the blocks
+//! [`dense_residual_norm`] and [`linear_gelu`] run as one op each.
+//!
 //! [`with_precision`] runs the matrix products (linear layers, the attention products, the
 //! MLM decoder) in bf16 as PyTorch's autocast does: weights stay f32 (the optimiser's master
 //! copy), the product's inputs are rounded to bf16, and LayerNorm, softmax, GELU, dropout and
@@ -1559,11 +1563,17 @@ mod tests {
             let b: Vec<f32> = (0..n).map(|i| 1.0 + i as f32).collect();
             let dot: f64 = a.iter().zip(&b).map(|(&x, &y)| f64::from(x * y)).sum();
             let got = lane_sum(&a, &b, &b, |x, y, _| x * y);
-            assert!((f64::from(got) - dot).abs() < 1e-4, "n = {n}: {got} vs {dot}");
+            assert!(
+                (f64::from(got) - dot).abs() < 1e-4,
+                "n = {n}: {got} vs {dot}"
+            );
             let max = a.iter().copied().fold(f32::NEG_INFINITY, f32::max);
             assert_eq!(lane_max(&a), max, "n = {n}");
         }
-        assert_eq!(lane_sum(&[1., 2., 3.], &[0.; 3], &[0.; 3], |x, _, _| x), 6.0);
+        assert_eq!(
+            lane_sum(&[1., 2., 3.], &[0.; 3], &[0.; 3], |x, _, _| x),
+            6.0
+        );
     }
 
     #[test]
