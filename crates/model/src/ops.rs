@@ -633,17 +633,7 @@ struct EmbeddingOp {
 impl EmbeddingOp {
     /// The ids as row numbers of a table of `rows`.
     fn rows<'a>(&self, ids: &'a CpuStorage, l: &Layout, rows: usize) -> Result<&'a [u32]> {
-        let CpuStorage::U32(ids) = ids else {
-            bail!("embedding: expected u32 ids")
-        };
-        let Some((a, b)) = l.contiguous_offsets() else {
-            bail!("embedding: expected contiguous ids")
-        };
-        let ids = &ids[a..b];
-        if let Some(bad) = ids.iter().find(|&&i| i as usize >= rows) {
-            bail!("embedding: id {bad} outside a table of {rows} rows")
-        }
-        Ok(ids)
+        checked_ids(ids, l, rows, "embedding: id", "(the table's rows)")
     }
 
     /// `dtable[id] += grad row` for every looked-up row (in order; not row 0 when frozen).
@@ -979,12 +969,22 @@ fn gelu_of(x: f32) -> f32 {
     0.5 * x * (1.0 + erf(x * FRAC_1_SQRT_2))
 }
 
-/// `dy · (Φ(x) + x·φ(x))`, GELU's backward.
-#[inline]
-fn gelu_grad_of(x: f32, dy: f32) -> f32 {
-    let cdf = 0.5 * (1.0 + erf(x * FRAC_1_SQRT_2));
-    let pdf = FRAC_1_SQRT_2PI * exp(-0.5 * x * x);
-    dy * (x * pdf + cdf)
+/// `dy · (Φ(x) + x·φ(x))`, GELU's backward, element by element (slices of one length).
+fn gelu_grad(x: &[f32], dy: &[f32]) -> Vec<f32> {
+    let mut out = vec![0f32; x.len()];
+    out.par_chunks_mut(ELEMWISE_TASK)
+        .zip(
+            x.par_chunks(ELEMWISE_TASK)
+                .zip(dy.par_chunks(ELEMWISE_TASK)),
+        )
+        .for_each(|(o, (x, dy))| {
+            for ((o, &x), &d) in o.iter_mut().zip(x).zip(dy) {
+                let cdf = 0.5 * (1.0 + erf(x * FRAC_1_SQRT_2));
+                let pdf = FRAC_1_SQRT_2PI * exp(-0.5 * x * x);
+                *o = d * (x * pdf + cdf);
+            }
+        });
+    out
 }
 
 struct GeluOp;
@@ -1028,18 +1028,7 @@ impl CustomOp2 for GeluGradOp {
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let (x, dy) = (slice(s1, l1, self.name())?, slice(s2, l2, self.name())?);
-        let mut out = vec![0f32; x.len()];
-        out.par_chunks_mut(ELEMWISE_TASK)
-            .zip(
-                x.par_chunks(ELEMWISE_TASK)
-                    .zip(dy.par_chunks(ELEMWISE_TASK)),
-            )
-            .for_each(|(o, (x, dy))| {
-                for ((o, &v), &d) in o.iter_mut().zip(x).zip(dy) {
-                    *o = gelu_grad_of(v, d);
-                }
-            });
-        Ok((CpuStorage::F32(out), l1.shape().clone()))
+        Ok((CpuStorage::F32(gelu_grad(x, dy)), l1.shape().clone()))
     }
 }
 
@@ -1398,15 +1387,27 @@ pub fn cross_entropy_composite(logits: &Tensor, targets: &Tensor) -> Result<Tens
 
 /// The u32 class ids behind a CPU storage, checked against `classes`.
 fn class_ids<'a>(s: &'a CpuStorage, l: &Layout, classes: usize) -> Result<&'a [u32]> {
+    checked_ids(s, l, classes, "cross-entropy: class id", "classes")
+}
+
+/// The contiguous u32 ids behind a CPU storage, each below `limit`; errors name `what`
+/// (`"{what} {id} outside 0..{limit} {of}"`).
+fn checked_ids<'a>(
+    s: &'a CpuStorage,
+    l: &Layout,
+    limit: usize,
+    what: &str,
+    of: &str,
+) -> Result<&'a [u32]> {
     let CpuStorage::U32(data) = s else {
-        bail!("cross-entropy: targets must be u32")
+        bail!("{what}s must be u32")
     };
     let Some((a, b)) = l.contiguous_offsets() else {
-        bail!("cross-entropy: expected contiguous targets")
+        bail!("{what}s must be contiguous")
     };
     let ids = &data[a..b];
-    if let Some(bad) = ids.iter().find(|&&t| t as usize >= classes) {
-        bail!("cross-entropy: class id {bad} out of range for {classes} classes")
+    if let Some(bad) = ids.iter().find(|&&t| t as usize >= limit) {
+        bail!("{what} {bad} outside 0..{limit} {of}")
     }
     Ok(ids)
 }
@@ -1780,7 +1781,7 @@ mod tests {
         }
         let bad = Tensor::new(&[6u32], &Device::Cpu).unwrap();
         let err = embedding(&table, &bad, false).unwrap_err().to_string();
-        assert!(err.contains("id 6 outside a table of 6 rows"), "{err}");
+        assert!(err.contains("embedding: id 6 outside 0..6"), "{err}");
     }
 
     #[test]

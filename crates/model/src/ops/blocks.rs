@@ -10,7 +10,7 @@
 //! composite of [`linear`], [`dropout_add`], [`layer_norm`] and [`gelu`] it equals.
 
 use super::{
-    column_sums, cpu_slice, dropout_add, fused, gelu, gelu_grad_of, gelu_of, kept, layer_norm,
+    column_sums, cpu_slice, dropout_add, fused, gelu, gelu_grad, gelu_of, kept, layer_norm,
     layer_norm_backward, linear, masked, par_rows, product, products_fused, row_stats, rows_layout,
     slice, GradSink, KeepMask, Operand, ELEMWISE_TASK,
 };
@@ -344,8 +344,7 @@ impl CustomOp1 for LinearGeluOp {
             bail!("{name}: backward without a forward")
         };
         let grad = grad.contiguous()?;
-        let mut dpre = vec![0f32; pre.len()];
-        {
+        let dpre = {
             let (gs, gl) = grad.storage_and_layout();
             let dg = cpu_slice(&gs, gl, name)?;
             if dg.len() != pre.len() {
@@ -355,17 +354,8 @@ impl CustomOp1 for LinearGeluOp {
                     pre.len()
                 )
             }
-            dpre.par_chunks_mut(ELEMWISE_TASK)
-                .zip(
-                    pre.par_chunks(ELEMWISE_TASK)
-                        .zip(dg.par_chunks(ELEMWISE_TASK)),
-                )
-                .for_each(|(d, (h, g))| {
-                    for ((d, &h), &g) in d.iter_mut().zip(h).zip(g) {
-                        *d = gelu_grad_of(h, g);
-                    }
-                });
-        }
+            gelu_grad(pre, dg)
+        };
         product_backward(&self.sink, (&self.weight, &self.bias), x, &dpre, name)
     }
 }
