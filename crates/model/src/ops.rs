@@ -449,12 +449,10 @@ impl CustomOp3 for LinearOp {
                 b.len()
             )
         }
-        // The bias in every row, then the product added to it.
-        let mut dst = b.repeat(m);
-        // rhs [k, n] = Wᵀ: element (i, o) is W[o, i].
-        // SAFETY: dst holds the m·n initialised elements.
-        unsafe { par_gemm(dst.as_mut_ptr(), (m, n, k), true, x, w.t()) };
-        Ok((CpuStorage::F32(dst), out_shape))
+        Ok((
+            CpuStorage::F32(biased_product(x, w, b, (m, n, k))),
+            out_shape,
+        ))
     }
 
     fn bwd(
@@ -496,6 +494,21 @@ impl CustomOp3 for LinearOp {
         };
         Ok((dx, dw, db))
     }
+}
+
+/// `x [m, k] · Wᵀ + bias` for `w` = W `[n, k]`: the bias in every row, then the product added
+/// to it.
+fn biased_product(
+    x: Operand,
+    w: Operand,
+    bias: &[f32],
+    (m, n, k): (usize, usize, usize),
+) -> Vec<f32> {
+    let mut dst = bias.repeat(m);
+    // rhs [k, n] = Wᵀ: element (i, o) is W[o, i].
+    // SAFETY: dst holds the m·n initialised elements; x covers [m, k], Wᵀ [k, n].
+    unsafe { par_gemm(dst.as_mut_ptr(), (m, n, k), true, x, w.t()) };
+    dst
 }
 
 /// The layout of `x [.., k]` as a matrix of rows `[rows, k]` (a 2-D `x` as it is, strides
@@ -698,10 +711,7 @@ impl CustomOp2 for EmbeddingOp {
         }
         match &self.sink {
             Some(sink) => {
-                sink.add_into(table, |d| {
-                    self.scatter(d, ids, g, dim);
-                    Ok(())
-                })?;
+                sink.add_into(table, |d| self.scatter(d, ids, g, dim));
                 Ok((None, None))
             }
             None => {

@@ -10,9 +10,9 @@
 //! composite of [`linear`], [`dropout_add`], [`layer_norm`] and [`gelu`] it equals.
 
 use super::{
-    column_sums, cpu_slice, dropout_add, fused, gelu, gelu_grad, gelu_of, kept, layer_norm,
-    layer_norm_backward, linear, masked, par_rows, product, products_fused, row_stats, rows_layout,
-    slice, GradSink, KeepMask, Operand, ELEMWISE_TASK,
+    biased_product, column_sums, cpu_slice, dropout_add, fused, gelu, gelu_grad, gelu_of, kept,
+    layer_norm, layer_norm_backward, linear, masked, par_rows, product, products_fused, row_stats,
+    rows_layout, slice, GradSink, KeepMask, Operand, ELEMWISE_TASK,
 };
 use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -124,17 +124,15 @@ pub fn linear_gelu(x: &Tensor, weight: &Tensor, bias: &Tensor) -> Result<Tensor>
     x.contiguous()?.apply_op1(op)
 }
 
-/// `bias` in every one of `rows` rows, then `x [rows, k] · Wᵀ` added.
-fn biased_product(
-    x: Operand,
-    w: Operand,
-    bias: &[f32],
-    (m, n, k): (usize, usize, usize),
-) -> Vec<f32> {
-    let mut dst = bias.repeat(m);
-    // SAFETY: dst holds the m·n initialised elements; x covers [m, k], wᵀ [k, n].
-    unsafe { super::par_gemm(dst.as_mut_ptr(), (m, n, k), true, x, w.t()) };
-    dst
+/// `x [m, k] · Wᵀ + b` for a block's `(weight [n, k], bias [n])`.
+fn project(x: Operand, (weight, bias): (&Tensor, &Tensor), m: usize, op: &str) -> Result<Vec<f32>> {
+    let (n, k) = weight.dims2()?;
+    let (w, b) = (weight.storage_and_layout(), bias.storage_and_layout());
+    let (wo, bias) = (
+        Operand::of_storage(&w.0, w.1, op)?,
+        cpu_slice(&b.0, b.1, op)?,
+    );
+    Ok(biased_product(x, wo, bias, (m, n, k)))
 }
 
 /// The backward of a product `y = x·Wᵀ + b` given `dy [m, n]`: W's and b's gradients into
@@ -154,13 +152,7 @@ fn product_backward(
     let dyo = Operand::row_major(dy.as_ptr(), n);
     // dW [n, k] += dyᵀ [n, m] · x [m, k]; db += column sums of dy.
     sink.add_product_of(weight, (n, k, m), dyo.t(), xo);
-    let sums = column_sums(dy, n);
-    sink.add_into(bias, |d| {
-        for (d, s) in d.iter_mut().zip(&sums) {
-            *d += s;
-        }
-        Ok(())
-    })?;
+    sink.add_slice(bias, &column_sums(dy, n));
     if !x.track_op() {
         return Ok(None);
     }
@@ -197,21 +189,13 @@ impl CustomOp2 for DenseResidualNormOp {
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let name = self.name();
-        let (n, k) = self.weight.dims2()?;
+        let n = self.weight.dim(0)?;
         let (x_layout, _) = rows_layout(l1, n, name)?;
         let (xo, _) = Operand::of(s1, &x_layout, name)?;
         let m = x_layout.dims()[0];
         let r = slice(s2, l2, name)?;
-        let (w, b) = (
-            self.weight.storage_and_layout(),
-            self.bias.storage_and_layout(),
-        );
-        let (wo, bias) = (
-            Operand::of_storage(&w.0, w.1, name)?,
-            cpu_slice(&b.0, b.1, name)?,
-        );
         // z = dropout(x·Wᵀ + b) + residual.
-        let mut z = biased_product(xo, wo, bias, (m, n, k));
+        let mut z = project(xo, (&self.weight, &self.bias), m, name)?;
         // ELEMWISE_TASK is a multiple of 64, so each task starts on a word of the mask.
         z.par_chunks_mut(ELEMWISE_TASK)
             .zip(r.par_chunks(ELEMWISE_TASK))
@@ -278,20 +262,16 @@ impl CustomOp2 for DenseResidualNormOp {
             layer_norm_backward(z, g, dy, self.eps, &mut dz, &mut dparams);
         }
         let (dg, db) = dparams.split_at(n);
-        for (var, part) in [(&self.norm_weight, dg), (&self.norm_bias, db)] {
-            self.sink.add_into(var, |d| {
-                for (d, p) in d.iter_mut().zip(part) {
-                    *d += p;
-                }
-                Ok(())
-            })?;
-        }
+        self.sink.add_slice(&self.norm_weight, dg);
+        self.sink.add_slice(&self.norm_bias, db);
         // The dense output's gradient: dz through the dropout mask.
-        let dy: Vec<f32> = match &self.keep {
-            Some(keep) => masked(&dz, keep, self.scale),
-            None => dz.clone(),
+        let dense = (&self.weight, &self.bias);
+        let dx = match &self.keep {
+            Some(keep) => {
+                product_backward(&self.sink, dense, x, &masked(&dz, keep, self.scale), name)?
+            }
+            None => product_backward(&self.sink, dense, x, &dz, name)?,
         };
-        let dx = product_backward(&self.sink, (&self.weight, &self.bias), x, &dy, name)?;
         let dres = Tensor::from_vec(dz, residual.shape(), residual.device())?;
         Ok((dx, Some(dres)))
     }
@@ -312,19 +292,11 @@ impl CustomOp1 for LinearGeluOp {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let name = self.name();
-        let (n, k) = self.weight.dims2()?;
+        let n = self.weight.dim(0)?;
         let (x_layout, out_shape) = rows_layout(l, n, name)?;
         let (xo, _) = Operand::of(s, &x_layout, name)?;
         let m = x_layout.dims()[0];
-        let (w, b) = (
-            self.weight.storage_and_layout(),
-            self.bias.storage_and_layout(),
-        );
-        let (wo, bias) = (
-            Operand::of_storage(&w.0, w.1, name)?,
-            cpu_slice(&b.0, b.1, name)?,
-        );
-        let pre = biased_product(xo, wo, bias, (m, n, k));
+        let pre = project(xo, (&self.weight, &self.bias), m, name)?;
         let mut out = vec![0f32; pre.len()];
         out.par_chunks_mut(ELEMWISE_TASK)
             .zip(pre.par_chunks(ELEMWISE_TASK))

@@ -92,10 +92,7 @@ impl GradSink {
     /// The sink collecting on this thread, for a fused op reading `var`; `None` when none
     /// is, or when `var` is not a CPU f32 variable (its gradient then goes through candle).
     pub(super) fn current_for(var: &Tensor) -> Option<Self> {
-        if !(var.is_variable() && fused(var)) {
-            return None;
-        }
-        CURRENT.with(|c| c.borrow().clone())
+        Self::current_for_all(&[var])
     }
 
     /// The sink collecting on this thread, for a fused op reading all of `vars` (each as in
@@ -155,25 +152,23 @@ impl GradSink {
     /// `var`'s gradient += the column sums of `rows [r, n]` (the bias of a linear layer).
     pub(super) fn add_column_sums(&self, var: &Tensor, rows: &Tensor) -> Result<()> {
         let rows = rows.contiguous()?;
-        let n = var.elem_count();
-        let sums = {
-            let (s, l) = rows.storage_and_layout();
-            column_sums(cpu_slice(&s, l, "gradient sink")?, n)
-        };
+        let (s, l) = rows.storage_and_layout();
+        let sums = column_sums(cpu_slice(&s, l, "gradient sink")?, var.elem_count());
+        self.add_slice(var, &sums);
+        Ok(())
+    }
+
+    /// `var`'s gradient += `values` (as many as the variable has elements).
+    pub(super) fn add_slice(&self, var: &Tensor, values: &[f32]) {
         self.add_into(var, |g| {
-            for (g, s) in g.iter_mut().zip(&sums) {
-                *g += s;
+            for (g, v) in g.iter_mut().zip(values) {
+                *g += v;
             }
-            Ok(())
         })
     }
 
     /// `var`'s gradient += what `add` adds into it (a zero-filled buffer the first time).
-    pub(super) fn add_into(
-        &self,
-        var: &Tensor,
-        add: impl FnOnce(&mut [f32]) -> Result<()>,
-    ) -> Result<()> {
+    pub(super) fn add_into(&self, var: &Tensor, add: impl FnOnce(&mut [f32])) {
         let mut collected = self.lock();
         let c = collected.entry(var.id()).or_insert_with(|| Collected {
             var: var.clone(),
