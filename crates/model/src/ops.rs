@@ -43,6 +43,7 @@ pub use blocks::{
     dense_residual_norm, dense_residual_norm_composite, linear_gelu, ResidualNormParams,
 };
 pub use grad_sink::GradSink;
+use keep_mask::keep_or_zero;
 pub use keep_mask::KeepMask;
 use precision::products_fused;
 pub use precision::{autocast_matmul, precision, with_precision, Precision};
@@ -1073,25 +1074,16 @@ fn check_keep(op: &str, flags: usize, elems: usize) -> Result<()> {
     Ok(())
 }
 
-/// Flag `i` of a [`KeepMask`]'s words (or of a run of them starting at a word boundary).
-#[inline]
-fn kept(bits: &[u64], i: usize) -> bool {
-    bits[i / 64] >> (i % 64) & 1 == 1
-}
-
 /// `x · scale` where `keep` is set, 0 elsewhere.
 fn masked(x: &[f32], keep: &KeepMask, scale: f32) -> Vec<f32> {
     let mut out = vec![0f32; x.len()];
-    // ELEMWISE_TASK is a multiple of 64, so each task starts on a word of the mask.
     out.par_chunks_mut(ELEMWISE_TASK)
         .zip(x.par_chunks(ELEMWISE_TASK))
-        .zip(keep.words().par_chunks(ELEMWISE_TASK / 64))
-        .for_each(|((o, x), bits)| {
-            for (i, (o, &v)) in o.iter_mut().zip(x).enumerate() {
-                if kept(bits, i) {
-                    *o = v * scale;
-                }
-            }
+        .enumerate()
+        .for_each(|(c, (o, x))| {
+            keep.apply_zip(c * ELEMWISE_TASK, o, x, move |k, o, &v| {
+                *o = keep_or_zero(v * scale, k)
+            })
         });
     out
 }
@@ -1182,18 +1174,15 @@ impl CustomOp2 for DropoutAddOp {
     ) -> Result<(CpuStorage, Shape)> {
         let (y, r) = (slice(s1, l1, self.name())?, slice(s2, l2, self.name())?);
         let mut out = r.to_vec();
-        // ELEMWISE_TASK is a multiple of 64, so each task starts on a word of the mask.
         out.par_chunks_mut(ELEMWISE_TASK)
             .zip(y.par_chunks(ELEMWISE_TASK))
             .enumerate()
             .for_each(|(c, (o, y))| match &self.dropout {
                 Some(d) => {
-                    let bits = &d.keep.words()[c * ELEMWISE_TASK / 64..];
-                    for (i, (o, &v)) in o.iter_mut().zip(y).enumerate() {
-                        if kept(bits, i) {
-                            *o += v * d.scale;
-                        }
-                    }
+                    let scale = d.scale;
+                    d.keep.apply_zip(c * ELEMWISE_TASK, o, y, move |k, o, &v| {
+                        *o += keep_or_zero(v * scale, k)
+                    })
                 }
                 None => {
                     for (o, &v) in o.iter_mut().zip(y) {

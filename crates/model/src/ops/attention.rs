@@ -10,8 +10,8 @@
 //! gradients.
 
 use super::{
-    autocast_matmul, check_keep, cpu_slice, fused, gemm_into, scaled_softmax_row, slice,
-    softmax_grad_row, KeepMask, Operand, SharedMut,
+    autocast_matmul, check_keep, cpu_slice, fused, gemm_into, keep_or_zero, scaled_softmax_row,
+    slice, softmax_grad_row, KeepMask, Operand, SharedMut,
 };
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -195,9 +195,8 @@ impl AttentionOp {
     fn drop(&self, b: usize, h: usize, p: &mut [f32]) {
         if let Some((keep, factor)) = &self.keep {
             let base = (b * self.dims.heads + h) * p.len();
-            for (i, x) in p.iter_mut().enumerate() {
-                *x = if keep.get(base + i) { *x * factor } else { 0.0 };
-            }
+            let factor = *factor;
+            keep.apply(base, p, move |k, x| *x = keep_or_zero(*x * factor, k));
         }
     }
 

@@ -10,9 +10,9 @@
 //! composite of [`linear`], [`dropout_add`], [`layer_norm`] and [`gelu`] it equals.
 
 use super::{
-    biased_product, column_sums, cpu_slice, dropout_add, fused, gelu, gelu_grad, gelu_of, kept,
-    layer_norm, layer_norm_backward, linear, masked, par_rows, product, products_fused, row_stats,
-    rows_layout, slice, GradSink, KeepMask, Operand, ELEMWISE_TASK,
+    biased_product, column_sums, cpu_slice, dropout_add, fused, gelu, gelu_grad, gelu_of,
+    keep_or_zero, layer_norm, layer_norm_backward, linear, masked, par_rows, product,
+    products_fused, row_stats, rows_layout, slice, GradSink, KeepMask, Operand, ELEMWISE_TASK,
 };
 use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -196,20 +196,15 @@ impl CustomOp2 for DenseResidualNormOp {
         let r = slice(s2, l2, name)?;
         // z = dropout(x·Wᵀ + b) + residual.
         let mut z = project(xo, (&self.weight, &self.bias), m, name)?;
-        // ELEMWISE_TASK is a multiple of 64, so each task starts on a word of the mask.
         z.par_chunks_mut(ELEMWISE_TASK)
             .zip(r.par_chunks(ELEMWISE_TASK))
             .enumerate()
             .for_each(|(c, (z, r))| match &self.keep {
                 Some(keep) => {
-                    let bits = &keep.words()[c * ELEMWISE_TASK / 64..];
-                    for (i, (z, &r)) in z.iter_mut().zip(r).enumerate() {
-                        *z = if kept(bits, i) {
-                            *z * self.scale + r
-                        } else {
-                            r
-                        };
-                    }
+                    let scale = self.scale;
+                    keep.apply_zip(c * ELEMWISE_TASK, z, r, move |k, z, &r| {
+                        *z = keep_or_zero(*z * scale, k) + r
+                    })
                 }
                 None => {
                     for (z, &r) in z.iter_mut().zip(r) {

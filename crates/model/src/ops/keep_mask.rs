@@ -87,7 +87,57 @@ impl KeepMask {
     /// Flag `i`.
     #[inline]
     pub fn get(&self, i: usize) -> bool {
-        super::kept(&self.words, i)
+        self.words[i / 64] >> (i % 64) & 1 == 1
+    }
+
+    /// `f(select, a)` for the flags `start..start + a.len()` and the elements of `a`, a mask
+    /// word at a time, `select` being all ones for a kept element and 0 for a dropped one
+    /// (for [`keep_or_zero`]): the flags are shifts of the word and the selection is a bit
+    /// mask, so the loop vectorises (a branch on a random flag per element mispredicts one
+    /// time in ten at p = 0.1).
+    #[inline(always)]
+    pub(crate) fn apply<A>(&self, start: usize, a: &mut [A], f: impl Fn(u32, &mut A)) {
+        for (off, n, bits) in self.runs(start, a.len()) {
+            for (j, a) in a[off..off + n].iter_mut().enumerate() {
+                f(select(bits, j), a);
+            }
+        }
+    }
+
+    /// [`Self::apply`] with the paired elements of `b` (as long as `a`).
+    #[inline(always)]
+    pub(crate) fn apply_zip<A, B>(
+        &self,
+        start: usize,
+        a: &mut [A],
+        b: &[B],
+        f: impl Fn(u32, &mut A, &B),
+    ) {
+        for (off, n, bits) in self.runs(start, a.len()) {
+            for (j, (a, b)) in a[off..off + n].iter_mut().zip(&b[off..off + n]).enumerate() {
+                f(select(bits, j), a, b);
+            }
+        }
+    }
+
+    /// The flags `start..start + len` in runs inside one word: `(offset from start, length,
+    /// bits)`, bit `j` of `bits` being the flag of element `start + offset + j`.
+    fn runs(&self, start: usize, len: usize) -> impl Iterator<Item = (usize, usize, u64)> + '_ {
+        let end = start + len;
+        assert!(
+            end <= self.len,
+            "keep mask: flags {start}..{end} of {}",
+            self.len
+        );
+        let mut pos = start;
+        std::iter::from_fn(move || {
+            (pos < end).then(|| {
+                let n = (64 - pos % 64).min(end - pos);
+                let run = (pos - start, n, self.words[pos / 64] >> (pos % 64));
+                pos += n;
+                run
+            })
+        })
     }
 
     /// The flags of `kept` rows of each outer block of a `[outer, of, inner]` tensor, row
@@ -122,9 +172,22 @@ impl KeepMask {
     }
 
     /// The words (64 flags each, the last one padded with zeros).
-    pub(crate) fn words(&self) -> &[u64] {
+    #[cfg(test)]
+    fn words(&self) -> &[u64] {
         &self.words
     }
+}
+
+/// All ones when bit `j` of `bits` is set, else 0.
+#[inline(always)]
+fn select(bits: u64, j: usize) -> u32 {
+    0u32.wrapping_sub((bits >> j) as u32 & 1)
+}
+
+/// `x` where `select` is all ones, +0 where it is 0 (a select without a branch).
+#[inline(always)]
+pub(crate) fn keep_or_zero(x: f32, select: u32) -> f32 {
+    f32::from_bits(x.to_bits() & select)
 }
 
 #[cfg(test)]
@@ -181,6 +244,45 @@ mod tests {
                 "{n} flags: the stream continues"
             );
         }
+    }
+
+    #[test]
+    fn applied_flags_match_the_flags_at_any_offset() {
+        // 300 flags in a pattern with runs of both kinds across word boundaries.
+        let flags: Vec<bool> = (0..300).map(|i| (i * 7 + i / 13) % 5 != 0).collect();
+        let m = KeepMask::from_flags(&flags);
+        for (start, len) in [
+            (0, 300),
+            (0, 0),
+            (5, 59),
+            (63, 2),
+            (64, 64),
+            (70, 200),
+            (299, 1),
+        ] {
+            let mut a: Vec<f32> = (0..len).map(|i| i as f32 + 1.0).collect();
+            m.apply(start, &mut a, |k, x| *x = keep_or_zero(*x, k));
+            let want: Vec<f32> = (0..len)
+                .map(|i| {
+                    if flags[start + i] {
+                        i as f32 + 1.0
+                    } else {
+                        0.0
+                    }
+                })
+                .collect();
+            assert_eq!(a, want, "apply from {start}, {len} flags");
+            let mut sum = vec![10f32; len];
+            m.apply_zip(start, &mut sum, &want, |k, s, &w| {
+                *s += keep_or_zero(2.0 * w, k)
+            });
+            let want_sum: Vec<f32> = want.iter().map(|w| 10.0 + 2.0 * w).collect();
+            assert_eq!(sum, want_sum, "apply_zip from {start}, {len} flags");
+        }
+        // Dropped elements become +0 whatever they held, NaN included.
+        let mut a = [f32::NAN, -1.0];
+        KeepMask::from_flags(&[false, false]).apply(0, &mut a, |k, x| *x = keep_or_zero(*x, k));
+        assert_eq!(a.map(f32::to_bits), [0, 0]);
     }
 
     #[test]
