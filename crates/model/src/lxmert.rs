@@ -10,6 +10,7 @@ use candle_nn::VarBuilder;
 use crate::config::{Config, Variant};
 use crate::language_rows::LanguageRows;
 use crate::nn::{Dropout, DropoutRng, Embedding, LayerNorm, Linear, Rows};
+use crate::ops::KeepMask;
 
 /// Additive value for masked attention positions (original LXMERT; HF uses the dtype minimum,
 /// which gives the same f32 probabilities: both underflow to exactly 0 after `exp`).
@@ -187,12 +188,22 @@ impl DenseResidualNorm {
         rows: Rows<'_>,
         train: bool,
     ) -> Result<Tensor> {
-        let h = self.dense.weight().dim(0)?;
-        let outer = residual.elem_count() / (rows.kept * h).max(1);
-        let keep = self.dropout.keep_mask_rows(outer, rows, h, train)?;
+        let keep = self.keep_rows(residual, rows, train)?;
         let scale = self.dropout.keep_scale();
         self.layer_norm
             .forward_dense_residual(&self.dense, x, residual, keep.as_ref(), scale)
+    }
+
+    /// The dropout flags of a forward whose residual is `residual [B, rows.kept, H]`.
+    fn keep_rows(
+        &self,
+        residual: &Tensor,
+        rows: Rows<'_>,
+        train: bool,
+    ) -> Result<Option<KeepMask>> {
+        let h = self.dense.weight().dim(0)?;
+        let outer = residual.elem_count() / (rows.kept * h).max(1);
+        self.dropout.keep_mask_rows(outer, rows, h, train)
     }
 
     /// Draws the dropout mask of a forward over `n` rows, without computing anything.
@@ -290,8 +301,14 @@ impl FeedForward {
 
     /// [`Self::forward_t`] for `x [B, rows.kept, H]`, the rows `rows` selects of a sequence.
     pub fn forward_rows_t(&self, x: &Tensor, rows: Rows<'_>, train: bool) -> Result<Tensor> {
-        let i = self.intermediate.forward_gelu(x)?;
-        self.output.forward_rows_t(&i, x, rows, train)
+        let out = &self.output;
+        let keep = out.keep_rows(x, rows, train)?;
+        out.layer_norm.forward_feed_forward(
+            (&self.intermediate, &out.dense),
+            x,
+            keep.as_ref(),
+            out.dropout.keep_scale(),
+        )
     }
 
     /// Draws the dropout mask of a forward over `n` rows.

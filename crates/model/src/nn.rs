@@ -103,6 +103,32 @@ impl LayerNorm {
         };
         crate::ops::dense_residual_norm(x, residual, params, keep, scale)
     }
+
+    /// `self(dropout(down(gelu(up(x)))) + x)`, dropout as in [`crate::ops::dropout_add`]
+    /// ([`crate::ops::feed_forward`]: one op in a training step).
+    pub fn forward_feed_forward(
+        &self,
+        (up, down): (&Linear, &Linear),
+        x: &Tensor,
+        keep: Option<&KeepMask>,
+        scale: f32,
+    ) -> Result<Tensor> {
+        let (Some(up_bias), Some(bias)) = (up.bias(), down.bias()) else {
+            return self.forward_dense_residual(down, &up.forward_gelu(x)?, x, keep, scale);
+        };
+        let params = crate::ops::FeedForwardParams {
+            up_weight: up.weight(),
+            up_bias,
+            down: crate::ops::ResidualNormParams {
+                weight: down.weight(),
+                bias,
+                norm_weight: &self.weight,
+                norm_bias: &self.bias,
+                eps: self.eps,
+            },
+        };
+        crate::ops::feed_forward(x, params, keep, scale)
+    }
 }
 
 impl Module for LayerNorm {
@@ -211,7 +237,7 @@ impl Dropout {
             return Ok(None);
         }
         // Take this draw's part of the stream and release the lock before drawing (on
-        // rayon threads): the shared generator moves past the n words the mask uses.
+        // rayon threads): the shared generator moves past the words the mask uses.
         let mut part = {
             let mut rng = self
                 .rng
@@ -219,7 +245,7 @@ impl Dropout {
                 .lock()
                 .map_err(|_| candle_core::Error::Msg("dropout RNG poisoned".into()))?;
             let part = rng.clone();
-            let end = rng.get_word_pos() + n as u128;
+            let end = rng.get_word_pos() + KeepMask::stream_words(n);
             rng.set_word_pos(end);
             part
         };

@@ -26,26 +26,30 @@ impl KeepMask {
         }
     }
 
-    /// `n` flags drawn from `rng`, each kept with probability `1 − p`: flag `i` is
-    /// `rng.random::<f32>() >= p` for the `i`-th draw (rand's `f32` is the top 24 bits of a
-    /// `u32` times 2⁻²⁴), decided on the integer without the float, so the same stream gives
-    /// the same mask as that comparison.
+    /// `n` flags drawn from `rng`, each kept with probability `1 − p` (to 2⁻¹⁶): two flags
+    /// per `u32` of the stream, low half first, flag `i` being `u / 2¹⁶ ≥ p` for its 16-bit
+    /// `u`, decided on the integer. A mask uses [`Self::stream_words`]`(n)` words.
     pub fn draw(rng: &mut impl RngCore, n: usize, p: f32) -> Self {
-        // u · 2⁻²⁴ ≥ p  ⇔  u ≥ ⌈p · 2²⁴⌉ (both sides exact: u < 2²⁴, p · 2²⁴ scales the exponent).
-        let threshold = (f64::from(p) * f64::from(1u32 << 24)).ceil().max(0.0) as u64;
+        // u · 2⁻¹⁶ ≥ p  ⇔  u ≥ ⌈p · 2¹⁶⌉ (both sides exact).
+        let threshold = (f64::from(p) * 65_536.0).ceil().max(0.0) as u32;
         let mut words = vec![0u64; n.div_ceil(64)];
-        // A word's 64 draws at once: `fill_bytes` consumes the stream's u32s in the order
+        // A word's 64 flags at once: `fill_bytes` consumes the stream's u32s in the order
         // `next_u32` would (little-endian bytes), whole u32s only.
-        let mut bytes = [0u8; 256];
+        let mut bytes = [0u8; 128];
         for (w, word) in words.iter_mut().enumerate() {
             let bits = (n - w * 64).min(64);
-            rng.fill_bytes(&mut bytes[..4 * bits]);
-            for (b, u) in bytes[..4 * bits].chunks_exact(4).enumerate() {
-                let u = u32::from_le_bytes([u[0], u[1], u[2], u[3]]) >> 8;
-                *word |= u64::from(u64::from(u) >= threshold) << b;
+            rng.fill_bytes(&mut bytes[..4 * bits.div_ceil(2)]);
+            for (b, u) in bytes[..2 * bits].chunks_exact(2).enumerate() {
+                let u = u32::from(u16::from_le_bytes([u[0], u[1]]));
+                *word |= u64::from(u >= threshold) << b;
             }
         }
         Self { words, len: n }
+    }
+
+    /// The `u32` words of the stream a mask of `n` flags uses.
+    pub fn stream_words(n: usize) -> u128 {
+        n.div_ceil(2) as u128
     }
 
     /// [`Self::draw`] from a ChaCha12 stream (rand's `StdRng`), with blocks of the mask drawn
@@ -65,12 +69,11 @@ impl KeepMask {
             .for_each(|(t, chunk)| {
                 let first = t * TASK_FLAGS;
                 let mut local = rng.clone();
-                // One u32 of the stream per flag.
-                local.set_word_pos(start + first as u128);
+                local.set_word_pos(start + Self::stream_words(first));
                 let part = Self::draw(&mut local, TASK_FLAGS.min(n - first), p);
                 chunk.copy_from_slice(&part.words);
             });
-        rng.set_word_pos(start + n as u128);
+        rng.set_word_pos(start + Self::stream_words(n));
         Self { words, len: n }
     }
 
@@ -194,11 +197,12 @@ pub(crate) fn keep_or_zero(x: f32, select: u32) -> f32 {
 mod tests {
     use super::*;
     use rand::rngs::StdRng;
-    use rand::{Rng, SeedableRng};
+    use rand::SeedableRng;
 
     #[test]
-    fn drawn_masks_equal_rands_float_comparison() {
-        // The reference is rand's own f32 sample compared with p, on the same stream.
+    fn drawn_masks_compare_16_bit_halves_with_p() {
+        // The reference: each u32 of the same stream as two 16-bit fractions, low half
+        // first, compared with p as floats.
         for (seed, p) in [
             (1, 0.1f32),
             (2, 0.25),
@@ -206,19 +210,34 @@ mod tests {
             (4, 1.0 / 3.0),
             (5, 0.999_99),
         ] {
-            let n = 10_007;
-            let mut a = StdRng::seed_from_u64(seed);
-            let mut b = StdRng::seed_from_u64(seed);
-            let flags: Vec<bool> = (0..n).map(|_| a.random::<f32>() >= p).collect();
-            let mask = KeepMask::draw(&mut b, n, p);
-            assert_eq!(mask, KeepMask::from_flags(&flags), "p = {p}");
-            // Both leave the stream at the same place.
-            assert_eq!(a.next_u32(), b.next_u32());
+            for n in [10_007, 64, 3] {
+                let mut a = StdRng::seed_from_u64(seed);
+                let mut b = StdRng::seed_from_u64(seed);
+                let mut flags = Vec::new();
+                while flags.len() < n {
+                    let u = a.next_u32();
+                    for half in [u & 0xFFFF, u >> 16] {
+                        flags.push(f64::from(half) / 65_536.0 >= f64::from(p));
+                    }
+                }
+                flags.truncate(n);
+                let mask = KeepMask::draw(&mut b, n, p);
+                assert_eq!(mask, KeepMask::from_flags(&flags), "p = {p}, {n} flags");
+                // Both leave the stream at the same place.
+                assert_eq!(a.next_u32(), b.next_u32(), "p = {p}, {n} flags");
+            }
         }
         // The edges: p = 0 keeps everything, p = 1 nothing.
         let mut r = StdRng::seed_from_u64(6);
         assert!((0..100).all(|i| KeepMask::draw(&mut r, 100, 0.0).get(i)));
         assert!((0..100).all(|i| !KeepMask::draw(&mut r, 100, 1.0).get(i)));
+        // About 1 − p kept.
+        let m = KeepMask::draw(&mut r, 100_000, 0.1);
+        let kept = (0..100_000).filter(|&i| m.get(i)).count();
+        assert!(
+            (89_000..91_000).contains(&kept),
+            "{kept} of 100000 kept at p = 0.1"
+        );
     }
 
     #[test]
