@@ -13,7 +13,7 @@
 //!
 //! [`GradSink`] (opt-in, for a training step) lets these ops' backward write the gradients of
 //! the variables they read straight into one buffer per variable, and lets the blocks
-//! [`dense_residual_norm`] and [`linear_gelu`] run as one op each.
+//! [`dense_residual_norm`], [`linear_gelu`] and [`feed_forward`] run as one op each.
 //!
 //! [`with_precision`] runs the matrix products (linear layers, the attention products, the
 //! MLM decoder) in bf16 as PyTorch's autocast does: weights stay f32 (the optimiser's master

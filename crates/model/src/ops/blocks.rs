@@ -1,7 +1,8 @@
 //! Blocks of a transformer layer as one op each, for a training step whose weight gradients
 //! a [`GradSink`] collects: `LN(dropout(x·Wᵀ + b) + residual)` (the output of every
-//! attention and feed-forward sub-layer) and `gelu(x·Wᵀ + b)` (the feed-forward's first
-//! half). The op's inputs are the activations only; its weights' gradients go to the sink.
+//! attention and feed-forward sub-layer), `gelu(x·Wᵀ + b)` (the feed-forward's first half)
+//! and the whole feed-forward. The op's inputs are the activations only; its weights'
+//! gradients go to the sink.
 //!
 //! As separate ops each intermediate (the product, its dropout plus residual, the GELU input)
 //! is a node of candle's graph, whose backward gives it a zero-filled gradient buffer and an
