@@ -11,7 +11,7 @@
 //! composite of [`linear`], [`dropout_add`], [`layer_norm`] and [`gelu`] it equals.
 
 use super::{
-    biased_product, column_sums, cpu_slice, dropout_add, fused, gelu, gelu_grad, gelu_of,
+    biased_product, column_sums, cpu_slice, dropout_add, fused, gelu, gelu_grad, gelu_rows,
     keep_or_zero, layer_norm, layer_norm_backward, linear, masked, par_rows, product,
     products_fused, row_stats, rows_layout, slice, GradSink, KeepMask, Operand, ELEMWISE_TASK,
 };
@@ -451,19 +451,6 @@ impl CustomOp1 for LinearGeluOp {
         };
         product_backward(&self.sink, (&self.weight, &self.bias), x, &dpre, name)
     }
-}
-
-/// GELU of every element.
-fn gelu_rows(pre: &[f32]) -> Vec<f32> {
-    let mut out = vec![0f32; pre.len()];
-    out.par_chunks_mut(ELEMWISE_TASK)
-        .zip(pre.par_chunks(ELEMWISE_TASK))
-        .for_each(|(o, h)| {
-            for (o, &v) in o.iter_mut().zip(h) {
-                *o = gelu_of(v);
-            }
-        });
-    out
 }
 
 /// [`feed_forward`]'s op; keeps the pre-activation and the GELU output for the backward (and
