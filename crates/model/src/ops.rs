@@ -2085,6 +2085,20 @@ mod tests {
         }
     }
 
+    /// The error of `f` run on `params` as variables inside a collecting [`GradSink`] (so a
+    /// block runs as its own op).
+    fn sink_error(params: &[Tensor], f: impl Fn(&[Tensor]) -> Result<Tensor>) -> String {
+        let vars: Vec<Var> = params
+            .iter()
+            .map(|t| Var::from_tensor(t).unwrap())
+            .collect();
+        let ts: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
+        GradSink::new()
+            .collect(|| f(&ts))
+            .expect_err("the fused op rejects its input")
+            .to_string()
+    }
+
     #[test]
     fn dense_residual_norm_matches_composite_with_gradients() {
         // Rows over more than one task, so the mask words are offset per task.
@@ -2117,16 +2131,10 @@ mod tests {
             );
         }
         // With a collecting sink the block is its own op (its errors name it).
-        let vars: Vec<Var> = params
-            .iter()
-            .map(|t| Var::from_tensor(t).unwrap())
-            .collect();
-        let ts: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
         let short = KeepMask::from_flags(&[true; 3]);
-        let err = GradSink::new()
-            .collect(|| dense_residual_norm(&x, &r, of(&ts), Some(&short), 1.0))
-            .unwrap_err()
-            .to_string();
+        let err = sink_error(&params, |p| {
+            dense_residual_norm(&x, &r, of(p), Some(&short), 1.0)
+        });
         assert!(err.contains("dense-residual-norm: 3 mask flags"), "{err}");
     }
 
@@ -2168,30 +2176,13 @@ mod tests {
             );
         }
         // With a collecting sink the block is its own op (its errors name it).
-        let vars: Vec<Var> = params
-            .iter()
-            .map(|t| Var::from_tensor(t).unwrap())
-            .collect();
-        let ts: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
         let short = KeepMask::from_flags(&[true; 3]);
-        let err = GradSink::new()
-            .collect(|| feed_forward(&x, of(&ts), Some(&short), 1.0))
-            .unwrap_err()
-            .to_string();
+        let err = sink_error(&params, |p| feed_forward(&x, of(p), Some(&short), 1.0));
         assert!(err.contains("feed-forward: 3 mask flags"), "{err}");
         // A down weight of the wrong shape is an error naming the shapes.
-        let bad = [
-            ts[0].clone(),
-            ts[1].clone(),
-            ts[0].clone(),
-            ts[3].clone(),
-            ts[4].clone(),
-            ts[5].clone(),
-        ];
-        let err = GradSink::new()
-            .collect(|| feed_forward(&x, of(&bad), None, 1.0))
-            .unwrap_err()
-            .to_string();
+        let mut bad = params.clone();
+        bad[2] = params[0].clone();
+        let err = sink_error(&bad, |p| feed_forward(&x, of(p), None, 1.0));
         assert!(err.contains("down weight [70, 24]"), "{err}");
     }
 

@@ -202,23 +202,24 @@ fn project(x: Operand, (weight, bias): (&Tensor, &Tensor), m: usize, op: &str) -
 }
 
 /// The backward of a product `y = x·Wᵀ + b` given `dy [m, n]`: W's and b's gradients into
-/// the sink, and `dx = dy·W` when `x` needs one.
+/// the sink, and, when `x` needs one, `dx = dy·W` (added to `onto`, x's gradient from the
+/// rest of the op, when given).
 fn product_backward(
     sink: &GradSink,
     (weight, bias): (&Tensor, &Tensor),
     x: &Tensor,
     dy: &[f32],
+    onto: Option<Vec<f32>>,
     op: &str,
 ) -> Result<Option<Tensor>> {
-    let k = weight.dim(1)?;
     let (xs, xl) = x.storage_and_layout();
-    let (x_layout, _) = rows_layout(xl, k, op)?;
+    let (x_layout, _) = rows_layout(xl, weight.dim(0)?, op)?;
     let xo = Operand::of_storage(&xs, &x_layout, op)?;
     sink_product_grads(sink, (weight, bias), xo, dy)?;
     if !x.track_op() {
         return Ok(None);
     }
-    let dx = input_grad(weight, dy, None, op)?;
+    let dx = input_grad(weight, dy, onto, op)?;
     Ok(Some(Tensor::from_vec(dx, x.shape(), x.device())?))
 }
 
@@ -304,7 +305,7 @@ impl CustomOp2 for DenseResidualNormOp {
         let (dz, d_dense) = self.backward_rows(grad)?;
         let dense = (&self.weight, &self.bias);
         let d_dense = d_dense.as_deref().unwrap_or(&dz);
-        let dx = product_backward(&self.sink, dense, x, d_dense, self.name())?;
+        let dx = product_backward(&self.sink, dense, x, d_dense, None, self.name())?;
         let dres = Tensor::from_vec(dz, residual.shape(), residual.device())?;
         Ok((dx, Some(dres)))
     }
@@ -329,7 +330,7 @@ impl DenseResidualNormOp {
     /// `LN(dropout(x·Wᵀ + b) + residual)` for `x [m, in]` and the row-major `residual
     /// [m, out]`; keeps the pre-norm sum for [`Self::backward_rows`].
     fn forward_rows(&self, x: Operand, m: usize, residual: &[f32]) -> Result<Vec<f32>> {
-        let name = "msp-dense-residual-norm";
+        let name = self.name();
         let n = self.weight.dim(0)?;
         if residual.len() != m * n {
             bail!(
@@ -377,7 +378,7 @@ impl DenseResidualNormOp {
     /// LayerNorm's parameter gradients into the sink, and the gradients of the residual and
     /// (with dropout; the same without) of the dense output.
     fn backward_rows(&self, grad: &Tensor) -> Result<(Vec<f32>, Option<Vec<f32>>)> {
-        let name = "msp-dense-residual-norm";
+        let name = self.name();
         let Some(z) = self.saved_sum.get() else {
             bail!("{name}: backward without a forward")
         };
@@ -449,7 +450,7 @@ impl CustomOp1 for LinearGeluOp {
             }
             gelu_grad(pre, dg)
         };
-        product_backward(&self.sink, (&self.weight, &self.bias), x, &dpre, name)
+        product_backward(&self.sink, (&self.weight, &self.bias), x, &dpre, None, name)
     }
 }
 
@@ -489,7 +490,7 @@ impl CustomOp1 for FeedForwardOp {
         let Some((pre, h)) = self.saved.get() else {
             bail!("{name}: backward without a forward")
         };
-        let (inner, hidden) = self.up_weight.dims2()?;
+        let inner = self.up_weight.dim(0)?;
         let sink = &self.down.sink;
         // Norm and dropout: dz is the residual's (x's) share.
         let (dz, d_dense) = self.down.backward_rows(grad)?;
@@ -500,14 +501,7 @@ impl CustomOp1 for FeedForwardOp {
         let dh = input_grad(&self.down.weight, d_dense, None, name)?;
         let dpre = gelu_grad(pre, &dh);
         // Up projection: x's second share added onto dz.
-        let (xs, xl) = x.storage_and_layout();
-        let (x_layout, _) = rows_layout(xl, hidden, name)?;
-        let xo = Operand::of_storage(&xs, &x_layout, name)?;
-        sink_product_grads(sink, (&self.up_weight, &self.up_bias), xo, &dpre)?;
-        if !x.track_op() {
-            return Ok(None);
-        }
-        let dx = input_grad(&self.up_weight, &dpre, Some(dz), name)?;
-        Ok(Some(Tensor::from_vec(dx, x.shape(), x.device())?))
+        let up = (&self.up_weight, &self.up_bias);
+        product_backward(sink, up, x, &dpre, Some(dz), name)
     }
 }
