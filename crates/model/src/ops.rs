@@ -103,6 +103,23 @@ fn rows_of(l: &Layout) -> Result<(usize, usize)> {
     Ok((l.shape().elem_count() / w, w))
 }
 
+/// Runs `f` with this thread's `cell` set to `value`, then restores the previous value (also
+/// when `f` panics).
+fn with_local<T: Copy + 'static, R>(
+    cell: &'static std::thread::LocalKey<std::cell::Cell<T>>,
+    value: T,
+    f: impl FnOnce() -> R,
+) -> R {
+    struct Restore<T: Copy + 'static>(&'static std::thread::LocalKey<std::cell::Cell<T>>, T);
+    impl<T: Copy + 'static> Drop for Restore<T> {
+        fn drop(&mut self) {
+            self.0.with(|c| c.set(self.1));
+        }
+    }
+    let _restore = Restore(cell, cell.with(|c| c.replace(value)));
+    f()
+}
+
 /// Rows per rayon task for rows of `width` elements.
 fn min_rows(width: usize) -> usize {
     (MIN_TASK_ELEMS / width.max(1)).max(1)
@@ -283,6 +300,12 @@ impl Operand {
         }
     }
 
+    /// Whether this is a transposed row-major matrix (a weight `W` seen as `Wᵀ` in `x · Wᵀ`):
+    /// columns contiguous, rows not.
+    fn is_transposed(self) -> bool {
+        self.rs == 1 && self.cs > 1
+    }
+
     /// The operand shifted by `rows` rows and `cols` columns.
     fn offset(self, rows: usize, cols: usize) -> Self {
         // SAFETY: callers stay inside the operand's shape (checked by `of`).
@@ -316,10 +339,11 @@ fn product(m: usize, n: usize, k: usize, lhs: Operand, rhs: Operand) -> Vec<f32>
 /// single-threaded `gemm` per rayon thread: along n when `rhs` is a transposed row-major
 /// matrix (a weight `W` as `Wᵀ` in `x · Wᵀ`), else along the larger of m and n.
 ///
-/// `gemm` packs such an `rhs` before use: split along m, every thread would pack all of
-/// it; split along n, each packs its own columns. Forward products of one LXMERT-S layer on
-/// 2 threads (best of 150, one run): 11.35 → 10.55 ms at hidden 256 (the FFN down
-/// projection 180 → 200 GFLOP/s), 75.4 → 72.8 ms at hidden 768.
+/// Such an `rhs` is copied to row-major order before use ([`with_rows_of`]): split along m,
+/// every thread would copy all of it; split along n, each copies its own columns. Measured
+/// when gemm still packed it itself, forward products of one LXMERT-S layer on 2 threads
+/// (best of 150, one run): 11.35 → 10.55 ms at hidden 256 (the FFN down projection 180 →
+/// 200 GFLOP/s), 75.4 → 72.8 ms at hidden 768.
 ///
 /// # Safety
 /// `dst` must be valid for writes of m·n elements, and for reads when `read_dst`.
@@ -354,7 +378,7 @@ unsafe fn par_gemm(
         return;
     }
     keep_workers_polling();
-    let packed_rhs = rhs.rs == 1 && rhs.cs != 1 && n >= 16 * threads;
+    let packed_rhs = rhs.is_transposed() && n >= 16 * threads;
     (0..threads).into_par_iter().for_each(|i| {
         if m >= n && !packed_rhs {
             let c = m.div_ceil(threads);
@@ -388,7 +412,7 @@ thread_local! {
 /// # Safety
 /// `rhs` must cover `k × n`.
 unsafe fn with_rows_of<R>(rhs: Operand, (k, n): (usize, usize), f: impl FnOnce(Operand) -> R) -> R {
-    if rhs.rs != 1 || rhs.cs <= 1 || n < 16 || n * k < 1 << 14 {
+    if !rhs.is_transposed() || n < 16 || n * k < 1 << 14 {
         return f(rhs);
     }
     WEIGHT_ROWS.with(|scratch| {
@@ -2213,6 +2237,17 @@ mod tests {
             .to_string()
     }
 
+    /// The residual block's parameters from `p` = (weight, bias, norm weight, norm bias).
+    fn residual_norm_params(p: &[Tensor]) -> ResidualNormParams<'_> {
+        ResidualNormParams {
+            weight: &p[0],
+            bias: &p[1],
+            norm_weight: &p[2],
+            norm_bias: &p[3],
+            eps: 1e-12,
+        }
+    }
+
     #[test]
     fn dense_residual_norm_matches_composite_with_gradients() {
         // Rows over more than one task, so the mask words are offset per task.
@@ -2226,28 +2261,27 @@ mod tests {
         ];
         let flags: Vec<bool> = (0..r.elem_count()).map(|i| (i * 7) % 10 < 9).collect();
         let keep = KeepMask::from_flags(&flags);
-        fn of(p: &[Tensor]) -> ResidualNormParams<'_> {
-            ResidualNormParams {
-                weight: &p[0],
-                bias: &p[1],
-                norm_weight: &p[2],
-                norm_bias: &p[3],
-                eps: 1e-12,
-            }
-        }
         for k in [Some(&keep), None] {
             check_block(
                 &[x.clone(), r.clone()],
                 &params,
-                |a, p| dense_residual_norm(&a[0], &a[1], of(p), k, 1.0 / 0.9),
-                |a, p| dense_residual_norm_composite(&a[0], &a[1], of(p), k, 1.0 / 0.9),
+                |a, p| dense_residual_norm(&a[0], &a[1], residual_norm_params(p), k, 1.0 / 0.9),
+                |a, p| {
+                    dense_residual_norm_composite(
+                        &a[0],
+                        &a[1],
+                        residual_norm_params(p),
+                        k,
+                        1.0 / 0.9,
+                    )
+                },
                 1e-4,
             );
         }
         // With a collecting sink the block is its own op (its errors name it).
         let short = KeepMask::from_flags(&[true; 3]);
         let err = sink_error(&params, |p| {
-            dense_residual_norm(&x, &r, of(p), Some(&short), 1.0)
+            dense_residual_norm(&x, &r, residual_norm_params(p), Some(&short), 1.0)
         });
         assert!(err.contains("dense-residual-norm: 3 mask flags"), "{err}");
     }
@@ -2271,13 +2305,7 @@ mod tests {
             FeedForwardParams {
                 up_weight: &p[0],
                 up_bias: &p[1],
-                down: ResidualNormParams {
-                    weight: &p[2],
-                    bias: &p[3],
-                    norm_weight: &p[4],
-                    norm_bias: &p[5],
-                    eps: 1e-12,
-                },
+                down: residual_norm_params(&p[2..]),
             }
         }
         for k in [Some(&keep), None] {

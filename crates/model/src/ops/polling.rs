@@ -47,14 +47,7 @@ thread_local! {
 /// # Ok::<(), candle_core::Error>(())
 /// ```
 pub fn with_polling_workers<R>(f: impl FnOnce() -> R) -> R {
-    struct Restore(bool);
-    impl Drop for Restore {
-        fn drop(&mut self) {
-            DRIVER.with(|d| d.set(self.0));
-        }
-    }
-    let _restore = Restore(DRIVER.with(|d| d.replace(true)));
-    f()
+    super::with_local(&DRIVER, true, f)
 }
 
 /// Called before work is split over the pool: on a thread inside [`with_polling_workers`]

@@ -76,14 +76,7 @@ pub fn precision() -> Precision {
 /// # Ok::<(), candle_core::Error>(())
 /// ```
 pub fn with_precision<R>(p: Precision, f: impl FnOnce() -> R) -> R {
-    struct Restore(Precision);
-    impl Drop for Restore {
-        fn drop(&mut self) {
-            PRECISION.with(|c| c.set(self.0));
-        }
-    }
-    let _restore = Restore(PRECISION.with(|c| c.replace(p)));
-    f()
+    super::with_local(&PRECISION, p, f)
 }
 
 /// True when the fused f32 CPU kernels of the products apply to `x` (f32 precision).
