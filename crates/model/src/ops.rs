@@ -33,6 +33,7 @@ use candle_core::{
     Storage, Tensor, D,
 };
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 mod attention;
@@ -337,7 +338,8 @@ fn product(m: usize, n: usize, k: usize, lhs: Operand, rhs: Operand) -> Vec<f32>
 
 /// `dst [m, n] (row-major) = read_dst·dst + lhs [m, k] · rhs [k, n]`, split into one
 /// single-threaded `gemm` per rayon thread: along n when `rhs` is a transposed row-major
-/// matrix (a weight `W` as `Wᵀ` in `x · Wᵀ`), else along the larger of m and n.
+/// matrix (a weight `W` as `Wᵀ` in `x · Wᵀ`), along k for a weight gradient
+/// ([`par_gemm_over_k`]), else along the larger of m and n.
 ///
 /// Such an `rhs` is copied to row-major order before use ([`with_rows_of`]): split along m,
 /// every thread would copy all of it; split along n, each copies its own columns. Measured
@@ -378,6 +380,10 @@ unsafe fn par_gemm(
         return;
     }
     keep_workers_polling();
+    if lhs.is_transposed() && !rhs.is_transposed() && k >= m.max(n) {
+        // SAFETY: as for this function.
+        return unsafe { par_gemm_over_k(dst, (m, n, k), read_dst, lhs, rhs, threads) };
+    }
     let packed_rhs = rhs.is_transposed() && n >= 16 * threads;
     (0..threads).into_par_iter().for_each(|i| {
         if m >= n && !packed_rhs {
@@ -389,6 +395,59 @@ unsafe fn par_gemm(
             let c = n.div_ceil(threads);
             if i * c < n {
                 block(0, m, i * c, c.min(n - i * c));
+            }
+        }
+    });
+}
+
+/// [`par_gemm`] for a weight gradient `dyᵀ · x` (`lhs` a transposed activation, `rhs` an
+/// activation, summed over `k` ≥ m, n rows of a batch): each thread takes a share of the
+/// `k` rows, the first adding into `dst`, the others writing partial products to scratch,
+/// which are then added into `dst` (by rows, on all threads).
+///
+/// gemm packs both operands of such a product. Split along m or n, every thread would pack
+/// the whole of one of them; split along k, each packs its own rows of both, for an
+/// m × n reduction. Small-config training step, 8 rounds alternating: best steps +0.9 %
+/// (paired median), the weight-gradient products' median time 815 → 777 µs ([256, 256]
+/// over 1152 rows).
+///
+/// # Safety
+/// As for [`par_gemm`].
+unsafe fn par_gemm_over_k(
+    dst: *mut f32,
+    (m, n, k): (usize, usize, usize),
+    read_dst: bool,
+    lhs: Operand,
+    rhs: Operand,
+    threads: usize,
+) {
+    let out = SharedMut(dst);
+    let share = k.div_ceil(threads).next_multiple_of(8);
+    let parts = k.div_ceil(share);
+    let mut partial: Vec<f32> = Vec::with_capacity((parts - 1) * m * n);
+    let scratch = SharedMut(partial.as_mut_ptr());
+    (0..parts).into_par_iter().for_each(|i| {
+        let (k0, kn) = (i * share, share.min(k - i * share));
+        let (a, b) = (lhs.offset(0, k0), rhs.offset(k0, 0));
+        // SAFETY: part 0 writes dst (m × n, caller), part i > 0 its own m × n block of
+        // `partial`; the operands' columns / rows k0..k0 + kn lie inside them (caller).
+        unsafe {
+            if i == 0 {
+                gemm_into(out.at(0), n, (m, n, kn), read_dst, a, b)
+            } else {
+                gemm_into(scratch.at((i - 1) * m * n), n, (m, n, kn), false, a, b)
+            }
+        }
+    });
+    // SAFETY: every part > 0 wrote its whole block above; dst holds m·n elements (caller).
+    let (partial, dst) = unsafe {
+        partial.set_len((parts - 1) * m * n);
+        (partial, std::slice::from_raw_parts_mut(dst, m * n))
+    };
+    par_rows(dst, n, |r, row| {
+        for p in partial.chunks_exact(m * n) {
+            for (d, s) in row.iter_mut().zip(&p[r * n..][..n]) {
+                *d += s;
             }
         }
     });
@@ -1169,6 +1228,28 @@ pub fn gelu(x: &Tensor) -> Result<Tensor> {
 /// Elements per rayon task of an element-wise kernel.
 const ELEMWISE_TASK: usize = 8 * 1024;
 
+/// A new vector of `len` elements, written chunk by chunk (`ELEMWISE_TASK` elements, chunk
+/// `c`) by `f(c, chunk)` on rayon's threads: no zero fill first, which for the feed-forward's
+/// `[rows, 4·hidden]` buffers is a serial pass over megabytes.
+///
+/// # Safety
+/// `f` must write every element of its chunk.
+unsafe fn par_filled(len: usize, f: impl Fn(usize, &mut [MaybeUninit<f32>]) + Sync) -> Vec<f32> {
+    let mut out = Vec::with_capacity(len);
+    out.spare_capacity_mut()[..len]
+        .par_chunks_mut(ELEMWISE_TASK)
+        .enumerate()
+        .for_each(|(c, o)| f(c, o));
+    // SAFETY: the chunks cover all `len` elements, each written by `f` (caller).
+    unsafe { out.set_len(len) };
+    out
+}
+
+/// The `ELEMWISE_TASK` chunk `c` of `x`, `len` elements long.
+fn chunk_of(x: &[f32], c: usize, len: usize) -> &[f32] {
+    &x[c * ELEMWISE_TASK..][..len]
+}
+
 /// `x · Φ(x)`.
 #[inline(always)]
 fn gelu_of(x: f32) -> f32 {
@@ -1177,36 +1258,34 @@ fn gelu_of(x: f32) -> f32 {
 
 /// GELU of every element.
 fn gelu_rows(x: &[f32]) -> Vec<f32> {
-    let mut out = vec![0f32; x.len()];
-    out.par_chunks_mut(ELEMWISE_TASK)
-        .zip(x.par_chunks(ELEMWISE_TASK))
-        .for_each(|(o, x)| {
+    // SAFETY: every element of each chunk is written.
+    unsafe {
+        par_filled(x.len(), |c, o| {
+            let x = chunk_of(x, c, o.len());
             wide(|| {
                 for (o, &v) in o.iter_mut().zip(x) {
-                    *o = gelu_of(v);
+                    o.write(gelu_of(v));
                 }
             })
-        });
-    out
+        })
+    }
 }
 
 /// `dy · (Φ(x) + x·φ(x))`, GELU's backward, element by element (slices of one length).
 fn gelu_grad(x: &[f32], dy: &[f32]) -> Vec<f32> {
-    let mut out = vec![0f32; x.len()];
-    out.par_chunks_mut(ELEMWISE_TASK)
-        .zip(
-            x.par_chunks(ELEMWISE_TASK)
-                .zip(dy.par_chunks(ELEMWISE_TASK)),
-        )
-        .for_each(|(o, (x, dy))| {
+    assert_eq!(x.len(), dy.len(), "gelu_grad: slices of one length");
+    // SAFETY: every element of each chunk is written.
+    unsafe {
+        par_filled(x.len(), |c, o| {
+            let (x, dy) = (chunk_of(x, c, o.len()), chunk_of(dy, c, o.len()));
             wide(|| {
                 for ((o, &x), &d) in o.iter_mut().zip(x).zip(dy) {
                     let (cdf, pdf) = normal_cdf_pdf(x);
-                    *o = d * madd(x, pdf, cdf);
+                    o.write(d * madd(x, pdf, cdf));
                 }
             })
-        });
-    out
+        })
+    }
 }
 
 struct GeluOp;
@@ -1279,16 +1358,15 @@ fn check_keep(op: &str, flags: usize, elems: usize) -> Result<()> {
 
 /// `x · scale` where `keep` is set, 0 elsewhere.
 fn masked(x: &[f32], keep: &KeepMask, scale: f32) -> Vec<f32> {
-    let mut out = vec![0f32; x.len()];
-    out.par_chunks_mut(ELEMWISE_TASK)
-        .zip(x.par_chunks(ELEMWISE_TASK))
-        .enumerate()
-        .for_each(|(c, (o, x))| {
+    // SAFETY: `apply_zip` visits every element of each chunk.
+    unsafe {
+        par_filled(x.len(), |c, o| {
+            let x = chunk_of(x, c, o.len());
             keep.apply_zip(c * ELEMWISE_TASK, o, x, move |k, o, &v| {
-                *o = keep_or_zero(v * scale, k)
+                o.write(keep_or_zero(v * scale, k));
             })
-        });
-    out
+        })
+    }
 }
 
 /// Multiplies by `scale` where the bit is set, 0 elsewhere (forward and backward alike).
@@ -1939,6 +2017,47 @@ mod tests {
                 |t| candle_nn::Linear::new(t[1].clone(), Some(t[2].clone())).forward(&t[0]),
                 2e-4,
             );
+        }
+    }
+
+    #[test]
+    fn weight_gradients_split_over_rows_match_the_definition() {
+        // dyᵀ · x over k rows (the split over k), into a fresh or an accumulated dst, on 2
+        // and 3 threads (k = 301: the last share is short).
+        let (m, n, k) = (24, 40, 301);
+        let dy: Vec<f32> = (0..k * m).map(|i| ((i * 7) % 13) as f32 - 6.0).collect();
+        let x: Vec<f32> = (0..k * n)
+            .map(|i| ((i * 5) % 11) as f32 / 4.0 - 1.0)
+            .collect();
+        let start: Vec<f32> = (0..m * n).map(|i| i as f32).collect();
+        for threads in [2, 3] {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            for read_dst in [false, true] {
+                let mut dst = start.clone();
+                let (lhs, rhs) = (
+                    Operand::row_major(dy.as_ptr(), m).t(),
+                    Operand::row_major(x.as_ptr(), n),
+                );
+                assert!(lhs.is_transposed() && m * n * k >= 1 << 18);
+                // SAFETY: dst holds m × n; dy and x hold k rows of m and n.
+                pool.install(|| unsafe {
+                    par_gemm(dst.as_mut_ptr(), (m, n, k), read_dst, lhs, rhs)
+                });
+                for i in 0..m {
+                    for j in 0..n {
+                        let sum: f32 = (0..k).map(|r| dy[r * m + i] * x[r * n + j]).sum();
+                        let want = sum + if read_dst { start[i * n + j] } else { 0.0 };
+                        let got = dst[i * n + j];
+                        assert!(
+                            (got - want).abs() <= 1e-5 * want.abs().max(1.0),
+                            "{threads} {read_dst} {i} {j}: {got} {want}"
+                        );
+                    }
+                }
+            }
         }
     }
 

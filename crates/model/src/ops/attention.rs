@@ -15,6 +15,7 @@ use super::{
 };
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 use std::sync::OnceLock;
 
 /// Dropout on the attention probabilities: one keep flag per probability, row-major over
@@ -153,6 +154,17 @@ impl AttentionDims {
     }
 }
 
+/// An empty buffer with room for exactly `len` elements that the caller's products write in
+/// full before `set_len(len)`, or, when they would not (`written` false: a product over zero
+/// keys or queries writes nothing), `len` zeros already in place.
+fn unfilled(len: usize, written: bool) -> Vec<f32> {
+    if written {
+        Vec::with_capacity(len)
+    } else {
+        vec![0f32; len]
+    }
+}
+
 /// The fused op; inputs `q`, `k`, `v` (contiguous).
 struct AttentionOp {
     dims: AttentionDims,
@@ -167,28 +179,39 @@ struct AttentionOp {
 }
 
 impl AttentionOp {
-    /// The probabilities of head `h` of example `b` into `p [Lq, Lk]`, before dropout.
-    fn probs(&self, q: &[f32], k: &[f32], b: usize, h: usize, p: &mut [f32]) {
+    /// The probabilities of head `h` of example `b` into `p [Lq, Lk]` (written without being
+    /// read first), before dropout.
+    fn probs<'a>(
+        &self,
+        q: &[f32],
+        k: &[f32],
+        b: usize,
+        h: usize,
+        p: &'a mut [MaybeUninit<f32>],
+    ) -> &'a mut [f32] {
         let d = &self.dims;
         let (qh, kt) = (
             d.head(q.as_ptr(), d.lq, b, h, false),
             d.head(k.as_ptr(), d.lk, b, h, true),
         );
-        // SAFETY: p holds Lq × Lk, the operands lie inside q and k (sizes checked by the op).
-        unsafe {
+        // SAFETY: p holds Lq × Lk, the operands lie inside q and k (sizes checked by the op);
+        // the product writes all of p (k = head_dim > 0), so it is initialised after it.
+        let p = unsafe {
             gemm_into(
-                p.as_mut_ptr(),
+                p.as_mut_ptr().cast(),
                 d.lk,
                 (d.lq, d.lk, d.head_dim()),
                 false,
                 qh,
                 kt,
-            )
+            );
+            std::slice::from_raw_parts_mut(p.as_mut_ptr().cast::<f32>(), p.len())
         };
         let mask = self.mask.as_ref().map(|m| &m[b * d.lk..(b + 1) * d.lk]);
         for row in p.chunks_mut(d.lk) {
             scaled_softmax_row(row, self.scale, mask);
         }
+        p
     }
 
     /// Applies the dropout of head `h` of example `b` to `p [Lq, Lk]` in place.
@@ -215,28 +238,37 @@ impl AttentionOp {
     fn forward(&self, q: &[f32], k: &[f32], v: &[f32]) -> (Vec<f32>, Vec<f32>) {
         let d = self.dims;
         let len = d.lq * d.lk;
-        let mut out = vec![0f32; d.batch * d.lq * d.hidden];
-        let mut probs = vec![0f32; d.batch * d.heads * len];
+        let mut out = unfilled(d.batch * d.lq * d.hidden, d.lk > 0);
+        let mut probs = Vec::with_capacity(d.batch * d.heads * len);
         let dst = SharedMut(out.as_mut_ptr());
-        probs.par_chunks_mut(len).enumerate().for_each_init(
-            || vec![0f32; len],
-            |scratch, (t, p)| {
-                let (b, h) = (t / d.heads, t % d.heads);
-                self.probs(q, k, b, h, p);
-                let pd = Operand::row_major(self.dropped(b, h, p, scratch).as_ptr(), d.lk);
-                // SAFETY: head (b, h) of the output is written by this task alone.
-                unsafe {
-                    gemm_into(
-                        dst.at(b * d.lq * d.hidden + h * d.head_dim()),
-                        d.hidden,
-                        (d.lq, d.head_dim(), d.lk),
-                        false,
-                        pd,
-                        d.head(v.as_ptr(), d.lk, b, h, false),
-                    )
-                }
-            },
-        );
+        probs.spare_capacity_mut()[..d.batch * d.heads * len]
+            .par_chunks_mut(len.max(1))
+            .enumerate()
+            .for_each_init(
+                || vec![0f32; len],
+                |scratch, (t, p)| {
+                    let (b, h) = (t / d.heads, t % d.heads);
+                    let p = self.probs(q, k, b, h, p);
+                    let pd = Operand::row_major(self.dropped(b, h, p, scratch).as_ptr(), d.lk);
+                    // SAFETY: head (b, h) of the output is written by this task alone.
+                    unsafe {
+                        gemm_into(
+                            dst.at(b * d.lq * d.hidden + h * d.head_dim()),
+                            d.hidden,
+                            (d.lq, d.head_dim(), d.lk),
+                            false,
+                            pd,
+                            d.head(v.as_ptr(), d.lk, b, h, false),
+                        )
+                    }
+                },
+            );
+        // SAFETY: every head's probabilities and context (Lq rows of head_dim over Lk > 0
+        // keys, see `unfilled`) were written above.
+        unsafe {
+            probs.set_len(d.batch * d.heads * len);
+            out.set_len(d.batch * d.lq * d.hidden);
+        }
         (out, probs)
     }
 
@@ -250,9 +282,12 @@ impl AttentionOp {
     ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
         let d = self.dims;
         let (hd, len) = (d.head_dim(), d.lq * d.lk);
-        let mut dq = vec![0f32; q.len()];
-        let mut dk = vec![0f32; k.len()];
-        let mut dv = vec![0f32; v.len()];
+        let written = d.lq > 0 && d.lk > 0;
+        let (mut dq, mut dk, mut dv) = (
+            unfilled(q.len(), written),
+            unfilled(k.len(), written),
+            unfilled(v.len(), written),
+        );
         let (dq_ptr, dk_ptr, dv_ptr) = (
             SharedMut(dq.as_mut_ptr()),
             SharedMut(dk.as_mut_ptr()),
@@ -316,6 +351,13 @@ impl AttentionOp {
                 }
             },
         );
+        // SAFETY: every head of dq (Lq rows, a product over Lk keys), dk and dv (Lk rows, over
+        // Lq queries) was written above, or the buffers were zero-filled (`unfilled`).
+        unsafe {
+            dq.set_len(q.len());
+            dk.set_len(k.len());
+            dv.set_len(v.len());
+        }
         (dq, dk, dv)
     }
 
