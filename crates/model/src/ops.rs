@@ -1436,6 +1436,25 @@ pub fn dropout_add_composite(
     }
 }
 
+/// `y = dropout(y) + residual` in place (slices of one length): the elements of `y` whose
+/// flag in `keep` is set times `scale`, the others 0 (no dropout without `keep`), then the
+/// residual added.
+fn dropout_then_add(y: &mut [f32], residual: &[f32], keep: Option<&KeepMask>, scale: f32) {
+    y.par_chunks_mut(ELEMWISE_TASK)
+        .zip(residual.par_chunks(ELEMWISE_TASK))
+        .enumerate()
+        .for_each(|(c, (y, r))| match keep {
+            Some(keep) => keep.apply_zip(c * ELEMWISE_TASK, y, r, move |k, y, &r| {
+                *y = keep_or_zero(*y * scale, k) + r
+            }),
+            None => {
+                for (y, &r) in y.iter_mut().zip(r) {
+                    *y += r;
+                }
+            }
+        });
+}
+
 /// `dropout(y) + residual`; no dropout when `dropout` is `None`.
 struct DropoutAddOp {
     dropout: Option<DropoutOp>,
@@ -1454,23 +1473,12 @@ impl CustomOp2 for DropoutAddOp {
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let (y, r) = (slice(s1, l1, self.name())?, slice(s2, l2, self.name())?);
-        let mut out = r.to_vec();
-        out.par_chunks_mut(ELEMWISE_TASK)
-            .zip(y.par_chunks(ELEMWISE_TASK))
-            .enumerate()
-            .for_each(|(c, (o, y))| match &self.dropout {
-                Some(d) => {
-                    let scale = d.scale;
-                    d.keep.apply_zip(c * ELEMWISE_TASK, o, y, move |k, o, &v| {
-                        *o += keep_or_zero(v * scale, k)
-                    })
-                }
-                None => {
-                    for (o, &v) in o.iter_mut().zip(y) {
-                        *o += v;
-                    }
-                }
-            });
+        let mut out = y.to_vec();
+        let (keep, scale) = self
+            .dropout
+            .as_ref()
+            .map_or((None, 1.0), |d| (Some(&d.keep), d.scale));
+        dropout_then_add(&mut out, r, keep, scale);
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 

@@ -11,12 +11,11 @@
 //! composite of [`linear`], [`dropout_add`], [`layer_norm`] and [`gelu`] it equals.
 
 use super::{
-    biased_product, column_sums, cpu_slice, dropout_add, fused, gelu, gelu_grad, gelu_rows,
-    keep_or_zero, layer_norm, layer_norm_backward, linear, masked, par_rows, product,
-    products_fused, row_stats, rows_layout, slice, GradSink, KeepMask, Operand, ELEMWISE_TASK,
+    biased_product, column_sums, cpu_slice, dropout_add, dropout_then_add, fused, gelu, gelu_grad,
+    gelu_rows, layer_norm, layer_norm_backward, linear, masked, par_rows, product, products_fused,
+    row_stats, rows_layout, slice, GradSink, KeepMask, Operand,
 };
 use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
-use rayon::prelude::*;
 use std::sync::OnceLock;
 
 /// The parameters of [`dense_residual_norm`].
@@ -340,22 +339,7 @@ impl DenseResidualNormOp {
         }
         // z = dropout(x·Wᵀ + b) + residual.
         let mut z = project(x, (&self.weight, &self.bias), m, name)?;
-        z.par_chunks_mut(ELEMWISE_TASK)
-            .zip(residual.par_chunks(ELEMWISE_TASK))
-            .enumerate()
-            .for_each(|(c, (z, r))| match &self.keep {
-                Some(keep) => {
-                    let scale = self.scale;
-                    keep.apply_zip(c * ELEMWISE_TASK, z, r, move |k, z, &r| {
-                        *z = keep_or_zero(*z * scale, k) + r
-                    })
-                }
-                None => {
-                    for (z, &r) in z.iter_mut().zip(r) {
-                        *z += r;
-                    }
-                }
-            });
+        dropout_then_add(&mut z, residual, self.keep.as_ref(), self.scale);
         let (gs, bs) = (
             self.norm_weight.storage_and_layout(),
             self.norm_bias.storage_and_layout(),
