@@ -68,6 +68,9 @@ pub struct CompareArgs {
     /// bf16 autocast).
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// The msp side's `bench train --micro-batches` (PyTorch runs the batch whole).
+    #[arg(long, default_value_t = 1)]
+    micro_batches: usize,
     /// Print JSON.
     #[arg(long)]
     json: bool,
@@ -152,6 +155,11 @@ struct TrainArgs {
     /// Composite candle ops instead of the fused kernels (msp_model::ops), for A/B runs.
     #[arg(long)]
     composite: bool,
+    /// `paper` config: micro-batches each step's batch is split into, run side by side on
+    /// one thread each, their gradients summed (1: the whole batch, each product split
+    /// between the threads).
+    #[arg(long, default_value_t = 1)]
+    micro_batches: usize,
     /// Print JSON.
     #[arg(long)]
     json: bool,
@@ -220,6 +228,7 @@ fn run_train(a: TrainArgs) -> anyhow::Result<()> {
         warmup: a.warmup,
         steps: a.steps.max(1),
         optimizer: OptimizerConfig::bert_adam(),
+        micro_batches: a.micro_batches,
     };
     let (cfg, variant, text_len, regions, mlm, timings, loader) = if a.config == "paper" {
         let cfg = match &a.model_config {
@@ -455,13 +464,22 @@ fn run_compare(a: CompareArgs) -> anyhow::Result<()> {
         steps,
         gemm_peak,
         device,
+        micro_batches,
         json,
     } = a;
     let config = config.as_str();
     msp_curriculum::parse_device(&device)?;
     // Both sides on the same device, at the same precision.
     let precision = msp_model::ops::precision();
-    let msp_side = ["--device", &device, "--precision", &precision.to_string()].map(String::from);
+    let msp_side = [
+        "--device",
+        &device,
+        "--precision",
+        &precision.to_string(),
+        "--micro-batches",
+        &micro_batches.to_string(),
+    ]
+    .map(String::from);
     let mut torch_side = vec!["--device".to_string(), device.clone()];
     if precision == msp_model::ops::Precision::Bf16 {
         torch_side.push("--bf16".into());

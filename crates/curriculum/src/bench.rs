@@ -10,7 +10,10 @@ use std::time::Instant;
 
 use candle_core::{Device, Tensor};
 use msp_model::ops::GradSink;
-use msp_model::{pretraining_loss, Config, Lxmert, SyntheticBatch, Variant};
+use msp_model::{
+    pretraining_loss, run_side_by_side, sum_gradients, take_gradients, with_dropout_stream, Config,
+    Lxmert, SyntheticBatch, Variant,
+};
 use msp_tasks::{compute_losses, forward_for_losses, Batch, LossConfig};
 use serde::Serialize;
 
@@ -91,17 +94,31 @@ pub struct TrainBenchOptions {
     pub steps: usize,
     /// Update rule (the learning rate is a fixed 1e-5).
     pub optimizer: OptimizerConfig,
+    /// Micro-batches a step's batch is split into, run side by side (one thread each,
+    /// [`msp_model::run_side_by_side`]) and their gradients summed; 1 runs the batch whole
+    /// with its products split between the threads. Random in-memory batches only
+    /// ([`bench_train_synthetic`]).
+    pub micro_batches: usize,
 }
 
-/// Times `warmup + steps` steps, drawing each batch with `next`.
-fn time_steps<T>(
+/// Times `warmup + steps` steps, drawing each batch with `next`. With `parts` > 1 the loss
+/// of part `i` of a batch is `loss(batch, i)`, the parts run side by side and their
+/// gradients are summed; the split then reports the slowest part's forward and, as the
+/// backward, the rest of the side-by-side run (the other parts' remaining time and the sum).
+fn time_steps<T: Sync>(
     model: &Lxmert,
     opts: &TrainBenchOptions,
     label: &str,
+    parts: usize,
     mut next: impl FnMut() -> Result<T>,
-    loss: impl Fn(&T) -> Result<Tensor>,
+    loss: impl Fn(&T, usize) -> Result<Tensor> + Sync,
     len: impl Fn(&T) -> usize,
 ) -> Result<StepTiming> {
+    let vars: Vec<Tensor> = model
+        .named_vars()
+        .into_iter()
+        .map(|(_, v)| v.as_tensor().clone())
+        .collect();
     let mut opt = Optimizer::new(opts.optimizer, model.named_vars())?;
     let first_var = model
         .named_vars()
@@ -118,11 +135,28 @@ fn time_steps<T>(
         let t0 = Instant::now();
         let batch = next()?;
         let t1 = Instant::now();
-        let sink = GradSink::new();
-        let l = sink.collect(|| loss(&batch))?;
-        l.to_scalar::<f32>()?;
-        let t2 = Instant::now();
-        let grads = sink.backward(&l)?;
+        let (t2, grads) = if parts <= 1 {
+            let sink = GradSink::new();
+            let l = sink.collect(|| loss(&batch, 0))?;
+            l.to_scalar::<f32>()?;
+            let t2 = Instant::now();
+            (t2, sink.backward(&l)?)
+        } else {
+            let done = run_side_by_side(parts, |i| -> Result<_> {
+                with_dropout_stream((s * parts + i) as u64, || {
+                    let sink = GradSink::new();
+                    let l = sink.collect(|| loss(&batch, i))?;
+                    l.to_scalar::<f32>()?;
+                    let forward = Instant::now();
+                    Ok((forward, take_gradients(sink.backward(&l)?, &vars)))
+                })
+            })?
+            .into_iter()
+            .collect::<Result<Vec<_>>>()?;
+            let t2 = done.iter().map(|d| d.0).max().unwrap_or(t1);
+            let stores = done.into_iter().map(|d| d.1).collect();
+            (t2, sum_gradients(stores, &vars)?)
+        };
         let t3 = Instant::now();
         opt.step(&grads, 1e-5, 1.0)?;
         first_var.as_tensor().device().synchronize()?;
@@ -170,13 +204,39 @@ pub fn bench_train_synthetic(
     device: &Device,
 ) -> Result<StepTiming> {
     let model = Lxmert::new(cfg, variant, 1, device)?;
-    let batch = SyntheticBatch::new(cfg, batch_size, text_len, regions, 2, device)?;
+    let parts = opts.micro_batches.clamp(1, batch_size.max(1));
+    if parts == 1 {
+        let batch = SyntheticBatch::new(cfg, batch_size, text_len, regions, 2, device)?;
+        return time_steps(
+            &model,
+            opts,
+            "random in-memory batch (HF heads)",
+            1,
+            || Ok(()),
+            |_, _| Ok(pretraining_loss(&model, &batch, true)?),
+            |_| batch_size,
+        );
+    }
+    // Part i: examples [i·B/parts, (i+1)·B/parts), its loss weighted by its share of B (the
+    // loss of gradient accumulation over those micro-batches).
+    let bounds: Vec<usize> = (0..=parts).map(|i| i * batch_size / parts).collect();
+    let batches = bounds
+        .windows(2)
+        .enumerate()
+        .map(|(i, w)| {
+            SyntheticBatch::new(cfg, w[1] - w[0], text_len, regions, 2 + i as u64, device)
+        })
+        .collect::<msp_model::Result<Vec<_>>>()?;
     time_steps(
         &model,
         opts,
-        "random in-memory batch (HF heads)",
+        &format!("random in-memory batch (HF heads), {parts} micro-batches side by side"),
+        parts,
         || Ok(()),
-        |_| Ok(pretraining_loss(&model, &batch, true)?),
+        |_, i| {
+            let share = (bounds[i + 1] - bounds[i]) as f64 / batch_size as f64;
+            Ok(pretraining_loss(&model, &batches[i], true)?.affine(share, 0.0)?)
+        },
         |_| batch_size,
     )
 }
@@ -230,8 +290,9 @@ pub fn bench_train_data(
         &model,
         opts,
         &format!("{label}: first batch kept in memory"),
+        1,
         || Ok(()),
-        |_| loss(&first),
+        |_, _| loss(&first),
         |_| first.len(),
     )?;
     let total = (opts.warmup + opts.steps.max(1)) as u64;
@@ -247,6 +308,7 @@ pub fn bench_train_data(
                 &model,
                 opts,
                 &format!("{label}: loader, {workers} worker(s)"),
+                1,
                 || {
                     next().unwrap_or_else(|| {
                         Err(CurriculumError::Config {
@@ -255,7 +317,7 @@ pub fn bench_train_data(
                         })
                     })
                 },
-                loss,
+                |b, _| loss(b),
                 Batch::len,
             )
         },
@@ -331,6 +393,7 @@ mod tests {
             warmup: 1,
             steps: 2,
             optimizer: OptimizerConfig::adamw(),
+            micro_batches: 1,
         };
         let t = bench_train_synthetic(
             &Config::tiny(),

@@ -60,6 +60,7 @@
 
 mod bench;
 mod checkpoint;
+mod concurrent;
 mod config;
 mod error;
 mod heads;
@@ -80,6 +81,7 @@ pub use checkpoint::{
     read_safetensors, save_varmap, write_safetensors, BertSource, DtypeMismatch, LoadOptions,
     LoadReport, ShapeMismatch, TIED_DECODER_KEY,
 };
+pub use concurrent::{run_side_by_side, sum_gradients, take_gradients};
 pub use config::{Config, Variant};
 pub use error::{ModelError, Result};
 pub use heads::{
@@ -95,4 +97,4 @@ pub use lxmert::{
     LxmertPooled, LxmertPooler, LxmertXLayer, OutputRows, VisualFeatureEncoder, MASK_VALUE,
 };
 pub use model::{build_with, module_of, param_count, seeded_var_builder, Lxmert, ParamCount};
-pub use nn::{gelu, Dropout, DropoutRng, Embedding, LayerNorm, Linear, Rows};
+pub use nn::{gelu, with_dropout_stream, Dropout, DropoutRng, Embedding, LayerNorm, Linear, Rows};

@@ -205,6 +205,50 @@ impl DropoutRng {
     }
 }
 
+thread_local! {
+    /// The dropout stream [`with_dropout_stream`] set on this thread.
+    static STREAM: std::cell::RefCell<Option<ChaCha12Rng>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Runs `f` with every dropout layer used on this thread drawing from a stream of its own,
+/// seeded with `seed` as [`DropoutRng::reseed`] seeds a model's shared one, instead of from
+/// the shared one (restored afterwards, also when `f` panics). Micro-batches run side by
+/// side ([`crate::run_side_by_side`]) thus draw the masks they would draw one after the
+/// other with the model reseeded with the same seeds before each.
+///
+/// ```
+/// use candle_core::{Device, Tensor};
+/// use msp_model::{with_dropout_stream, Dropout, DropoutRng};
+///
+/// let shared = DropoutRng::new(1);
+/// let drop = Dropout::new(0.5, &shared);
+/// let x = Tensor::ones(64, candle_core::DType::F32, &Device::Cpu)?;
+/// let own = with_dropout_stream(7, || drop.forward_t(&x, true))?;
+/// shared.reseed(7);
+/// let reseeded = drop.forward_t(&x, true)?;
+/// assert_eq!(own.to_vec1::<f32>()?, reseeded.to_vec1::<f32>()?);
+/// # Ok::<(), candle_core::Error>(())
+/// ```
+pub fn with_dropout_stream<R>(seed: u64, f: impl FnOnce() -> R) -> R {
+    /// Puts back the stream that was set before.
+    struct Restore(Option<ChaCha12Rng>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            STREAM.with(|s| *s.borrow_mut() = self.0.take());
+        }
+    }
+    let own = ChaCha12Rng::seed_from_u64(seed);
+    let _restore = Restore(STREAM.with(|s| s.borrow_mut().replace(own)));
+    f()
+}
+
+/// The generator at `rng`'s position, for a mask of `n` flags; `rng` moves past its words.
+fn stream_part(rng: &mut ChaCha12Rng, n: usize) -> ChaCha12Rng {
+    let part = rng.clone();
+    rng.set_word_pos(rng.get_word_pos() + KeepMask::stream_words(n));
+    part
+}
+
 /// Inverted dropout, active only when `train` is true.
 #[derive(Debug, Clone)]
 pub struct Dropout {
@@ -236,18 +280,20 @@ impl Dropout {
         if !train || self.p <= 0.0 {
             return Ok(None);
         }
-        // Take this draw's part of the stream and release the lock before drawing (on
-        // rayon threads): the shared generator moves past the words the mask uses.
-        let mut part = {
-            let mut rng = self
-                .rng
-                .0
-                .lock()
-                .map_err(|_| candle_core::Error::Msg("dropout RNG poisoned".into()))?;
-            let part = rng.clone();
-            let end = rng.get_word_pos() + KeepMask::stream_words(n);
-            rng.set_word_pos(end);
-            part
+        // Take this draw's part of the stream (this thread's, under `with_dropout_stream`)
+        // and release the lock before drawing (on rayon threads): the generator moves past
+        // the words the mask uses.
+        let own = STREAM.with(|s| s.borrow_mut().as_mut().map(|rng| stream_part(rng, n)));
+        let mut part = match own {
+            Some(part) => part,
+            None => {
+                let mut shared = self
+                    .rng
+                    .0
+                    .lock()
+                    .map_err(|_| candle_core::Error::Msg("dropout RNG poisoned".into()))?;
+                stream_part(&mut shared, n)
+            }
         };
         Ok(Some(KeepMask::draw_parallel(&mut part, n, self.p as f32)))
     }
