@@ -120,35 +120,32 @@ fn time_steps<T: Sync>(
         .map(|(_, v)| v.as_tensor().clone())
         .collect();
     let mut opt = Optimizer::new(opts.optimizer, model.named_vars())?;
-    let first_var = model
-        .named_vars()
-        .into_iter()
-        .next()
-        .map(|(_, v)| v)
+    let device = vars
+        .first()
         .ok_or_else(|| CurriculumError::Config {
             field: "model".into(),
             reason: "no variables".into(),
-        })?;
+        })?
+        .device();
     let mut rows: Vec<[f64; 4]> = Vec::new();
     let mut sizes = Vec::new();
     for s in 0..opts.warmup + opts.steps.max(1) {
         let t0 = Instant::now();
         let batch = next()?;
         let t1 = Instant::now();
-        let (t2, grads) = if parts <= 1 {
+        // Part i's forward (ended at the returned instant) and backward.
+        let step = |i: usize| -> Result<_> {
             let sink = GradSink::new();
-            let l = sink.collect(|| loss(&batch, 0))?;
+            let l = sink.collect(|| loss(&batch, i))?;
             l.to_scalar::<f32>()?;
-            let t2 = Instant::now();
-            (t2, sink.backward(&l)?)
+            Ok((Instant::now(), sink.backward(&l)?))
+        };
+        let (t2, grads) = if parts <= 1 {
+            step(0)?
         } else {
-            let done = run_side_by_side(parts, |i| -> Result<_> {
+            let done = run_side_by_side(parts, |i| {
                 with_dropout_stream((s * parts + i) as u64, || {
-                    let sink = GradSink::new();
-                    let l = sink.collect(|| loss(&batch, i))?;
-                    l.to_scalar::<f32>()?;
-                    let forward = Instant::now();
-                    Ok((forward, take_gradients(sink.backward(&l)?, &vars)))
+                    step(i).map(|(forward, g)| (forward, take_gradients(g, &vars)))
                 })
             })?
             .into_iter()
@@ -159,7 +156,7 @@ fn time_steps<T: Sync>(
         };
         let t3 = Instant::now();
         opt.step(&grads, 1e-5, 1.0)?;
-        first_var.as_tensor().device().synchronize()?;
+        device.synchronize()?;
         let t4 = Instant::now();
         if s >= opts.warmup {
             rows.push([
@@ -205,20 +202,8 @@ pub fn bench_train_synthetic(
 ) -> Result<StepTiming> {
     let model = Lxmert::new(cfg, variant, 1, device)?;
     let parts = opts.micro_batches.clamp(1, batch_size.max(1));
-    if parts == 1 {
-        let batch = SyntheticBatch::new(cfg, batch_size, text_len, regions, 2, device)?;
-        return time_steps(
-            &model,
-            opts,
-            "random in-memory batch (HF heads)",
-            1,
-            || Ok(()),
-            |_, _| Ok(pretraining_loss(&model, &batch, true)?),
-            |_| batch_size,
-        );
-    }
     // Part i: examples [i·B/parts, (i+1)·B/parts), its loss weighted by its share of B (the
-    // loss of gradient accumulation over those micro-batches).
+    // loss of gradient accumulation over those micro-batches); one part is the whole batch.
     let bounds: Vec<usize> = (0..=parts).map(|i| i * batch_size / parts).collect();
     let batches = bounds
         .windows(2)
@@ -230,7 +215,10 @@ pub fn bench_train_synthetic(
     time_steps(
         &model,
         opts,
-        &format!("random in-memory batch (HF heads), {parts} micro-batches side by side"),
+        &match parts {
+            1 => "random in-memory batch (HF heads)".to_string(),
+            n => format!("random in-memory batch (HF heads), {n} micro-batches side by side"),
+        },
         parts,
         || Ok(()),
         |_, i| {
