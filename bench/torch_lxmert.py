@@ -10,7 +10,9 @@ steps, then `--steps` timed ones; prints JSON with the median and spread, like t
 --model-config` reads them; `cargo xtask bench compare --config tiny` writes one); a config
 with `num_qa_labels` 0 has no QA head, as on the Rust side. `--device cuda:0` runs on a GPU,
 `--bf16` under `torch.autocast(dtype=torch.bfloat16)` (f32 weights, bf16 products: what the Rust
-side's `--precision bf16` does). See bench/README.md.
+side's `--precision bf16` does), `--flush-denormal` with `torch.set_flush_denormal(True)`
+(denormal floats read and written as zero, as the Rust side runs unless `--keep-denormals`).
+See bench/README.md.
 
     .venv-bench/bin/python bench/torch_lxmert.py --batch 32 --steps 5
     python bench/torch_lxmert.py --device cuda:0 --bf16
@@ -36,7 +38,11 @@ def main():
     ap.add_argument("--model-config", help="config.json with other model sizes (HF field names)")
     ap.add_argument("--device", default="cpu", help="cpu or cuda:N")
     ap.add_argument("--bf16", action="store_true", help="bf16 autocast (f32 weights)")
+    ap.add_argument("--flush-denormal", action="store_true",
+                    help="torch.set_flush_denormal(True): denormal floats read and written as zero")
     args = ap.parse_args()
+    if args.flush_denormal and not torch.set_flush_denormal(True):
+        raise SystemExit("torch.set_flush_denormal(True): not supported on this CPU")
     dev = torch.device(args.device)
     torch.manual_seed(0)
     sizes, cls_id = dict(l_layers=0, x_layers=5, r_layers=0), 101
@@ -106,6 +112,7 @@ def main():
     print(json.dumps({
         "impl": f"torch {torch.__version__} / transformers LxmertForPreTraining",
         "device": str(dev), "precision": "bf16" if args.bf16 else "f32",
+        "flush_denormal": args.flush_denormal,
         "threads": torch.get_num_threads(), "batch": b, "text_len": l, "regions": n, "steps": len(rows),
         "samples_per_s": {"median": med([b / s for s in steps]), "min": b / steps[-1], "max": b / steps[0]},
         "step_s": {"median": med(steps), "min": steps[0], "max": steps[-1]},

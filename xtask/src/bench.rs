@@ -185,6 +185,8 @@ struct TrainReport {
     fused_kernels: bool,
     /// Precision of the matrix products (`f32` or `bf16`).
     precision: String,
+    /// Whether denormal floats were flushed to zero (the global `--keep-denormals` unset).
+    flush_denormals: bool,
     params: usize,
     text_len: usize,
     regions: usize,
@@ -325,6 +327,7 @@ fn run_train(a: TrainArgs) -> anyhow::Result<()> {
         device: a.device.clone(),
         fused_kernels: !a.composite,
         precision: msp_model::ops::precision().to_string(),
+        flush_denormals: msp_model::ops::flushes_denormals(),
         params,
         text_len,
         regions,
@@ -341,8 +344,8 @@ fn run_train(a: TrainArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     println!(
-        "{} ({}), {} parameters, {} tokens + {} regions, {:.2} GFLOP per example-step (analytic), {} GEMM peak {:.1} GFLOP/s, fused kernels {}",
-        report.config, report.variant, report.params, text_len, regions, report.train_gflop_per_sample, report.precision, gemm_peak, report.fused_kernels
+        "{} ({}), {} parameters, {} tokens + {} regions, {:.2} GFLOP per example-step (analytic), {} GEMM peak {:.1} GFLOP/s, fused kernels {}, denormals flushed {}",
+        report.config, report.variant, report.params, text_len, regions, report.train_gflop_per_sample, report.precision, gemm_peak, report.fused_kernels, report.flush_denormals
     );
     for r in &report.runs {
         let t = &r.timing;
@@ -471,7 +474,7 @@ fn run_compare(a: CompareArgs) -> anyhow::Result<()> {
     msp_curriculum::parse_device(&device)?;
     // Both sides on the same device, at the same precision.
     let precision = msp_model::ops::precision();
-    let msp_side = [
+    let mut msp_side: Vec<String> = [
         "--device",
         &device,
         "--precision",
@@ -479,10 +482,17 @@ fn run_compare(a: CompareArgs) -> anyhow::Result<()> {
         "--micro-batches",
         &micro_batches.to_string(),
     ]
-    .map(String::from);
+    .map(String::from)
+    .to_vec();
     let mut torch_side = vec!["--device".to_string(), device.clone()];
     if precision == msp_model::ops::Precision::Bf16 {
         torch_side.push("--bf16".into());
+    }
+    // Both sides in the same denormal mode: this process's (the global `--keep-denormals`).
+    if msp_model::ops::flushes_denormals() {
+        torch_side.push("--flush-denormal".into());
+    } else {
+        msp_side.push("--keep-denormals".into());
     }
     let python = python.unwrap_or_else(|| {
         [".venv-bench/bin/python", ".venv-fixture/bin/python"]

@@ -29,6 +29,12 @@ struct Cli {
     /// bf16 products run on tensor cores; on the CPU candle widens them back to f32).
     #[arg(long, global = true, default_value = "f32")]
     precision: msp_model::ops::Precision,
+    /// Keep denormal floats (|x| < 1.18e-38) instead of flushing them to zero (x86-64's FTZ
+    /// and DAZ modes, PyTorch's `torch.set_flush_denormal(True)`). On Intel cores each
+    /// denormal costs a microcode assist: the small preset's sentence-stage step ran 8×
+    /// slower keeping them (msp_model::ops::set_flush_denormals).
+    #[arg(long, global = true)]
+    keep_denormals: bool,
 }
 
 #[derive(Subcommand)]
@@ -106,8 +112,16 @@ fn main() -> anyhow::Result<()> {
     // of stack (rayon's default is 2 MiB): candle walks the backward graph recursively.
     // The other workers poll for work between products instead of sleeping (small-config
     // step, alternating: best steps 148–154 against 146–151 samples/s).
+    // Denormals flushed on this thread and on every worker (the mode is per thread).
+    let flush = !cli.keep_denormals;
+    // SAFETY: only values below 1.18e-38 differ, as under PyTorch's set_flush_denormal.
+    let set_mode = move || unsafe {
+        msp_model::ops::set_flush_denormals(flush);
+    };
+    set_mode();
     rayon::ThreadPoolBuilder::new()
         .stack_size(8 << 20)
+        .start_handler(move |_| set_mode())
         .build()?
         .install(|| {
             msp_model::ops::with_polling_workers(|| {

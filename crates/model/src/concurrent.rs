@@ -15,7 +15,7 @@ use candle_core::{Result, Tensor};
 use rayon::prelude::*;
 use rayon::{ThreadPool, ThreadPoolBuilder};
 
-use crate::ops::{precision, with_precision};
+use crate::ops::{flushes_denormals, precision, set_flush_denormals, with_precision};
 
 /// One-thread rayon pools, one per micro-batch slot, kept for the life of the process.
 static POOLS: Mutex<Vec<Arc<ThreadPool>>> = Mutex::new(Vec::new());
@@ -37,7 +37,8 @@ fn pools(n: usize) -> Result<Vec<Arc<ThreadPool>>> {
 
 /// Runs `f(0)`, …, `f(n − 1)` at the same time, each on a thread of its own whose rayon pool
 /// has that one thread (so the [`crate::ops`] kernels inside run serially), at the caller's
-/// [`precision`], and returns their results in order. Meant for the micro-batches of a
+/// [`precision`] and with its denormal mode ([`flushes_denormals`]), and returns their results
+/// in order. Meant for the micro-batches of a
 /// training step on the CPU, `n` = the cores to use: each runs its forward and backward
 /// (with its own [`crate::ops::GradSink`] and [`crate::with_dropout_stream`]), and the caller
 /// sums the gradients. A panic in one is resumed on the caller once all have finished.
@@ -53,7 +54,14 @@ fn pools(n: usize) -> Result<Vec<Arc<ThreadPool>>> {
 pub fn run_side_by_side<T: Send>(n: usize, f: impl Fn(usize) -> T + Sync) -> Result<Vec<T>> {
     let pools = pools(n)?;
     let p = precision();
-    let run = |i: usize| pools[i].install(|| with_precision(p, || f(i)));
+    let flush = flushes_denormals();
+    let run = |i: usize| {
+        pools[i].install(|| {
+            // SAFETY: the caller's own mode, on a thread that only runs these calls.
+            unsafe { set_flush_denormals(flush) };
+            with_precision(p, || f(i))
+        })
+    };
     Ok(std::thread::scope(|s| {
         let others: Vec<_> = (1..n).map(|i| s.spawn(move || run(i))).collect();
         let first = (n > 0).then(|| run(0));
@@ -134,6 +142,17 @@ mod tests {
         use crate::ops::Precision;
         let seen = with_precision(Precision::Bf16, || run_side_by_side(2, |_| precision()));
         assert_eq!(seen.unwrap(), [Precision::Bf16, Precision::Bf16]);
+    }
+
+    #[test]
+    fn the_callers_denormal_mode_is_kept() {
+        for flush in [true, false] {
+            let before = unsafe { set_flush_denormals(flush) };
+            let seen = run_side_by_side(2, |_| flushes_denormals());
+            unsafe { set_flush_denormals(before) };
+            let want = flush && cfg!(target_arch = "x86_64");
+            assert_eq!(seen.unwrap(), [want, want]);
+        }
     }
 
     #[test]

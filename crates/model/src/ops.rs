@@ -38,6 +38,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 mod attention;
 mod blocks;
+mod denormals;
 mod grad_sink;
 mod keep_mask;
 mod polling;
@@ -47,6 +48,7 @@ pub use blocks::{
     dense_residual_norm, dense_residual_norm_composite, feed_forward, feed_forward_composite,
     linear_gelu, FeedForwardParams, ResidualNormParams,
 };
+pub use denormals::{flushes_denormals, set_flush_denormals};
 pub use grad_sink::GradSink;
 use keep_mask::keep_or_zero;
 pub use keep_mask::KeepMask;
