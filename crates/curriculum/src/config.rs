@@ -255,6 +255,14 @@ pub struct PretrainPreset {
     pub log_every: u64,
     /// Data-loader threads.
     pub workers: usize,
+    /// Micro-batches of an update run at the same time, each on a thread of its own
+    /// ([`msp_model::run_side_by_side`]), at most `accumulation` of them; 1 (the default)
+    /// runs them one after the other, each with its products split between the threads. The
+    /// update is the same either way up to rounding: the same micro-batches, dropout masks
+    /// and order of the gradient sum. On a 2-core CPU the small configs train faster as 2
+    /// micro-batches of half the batch side by side (bench/README.md, "Session 27").
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub side_by_side: usize,
     /// Token stage.
     pub token: StagePreset,
     /// Phrase stage.
@@ -288,6 +296,7 @@ impl PretrainPreset {
             checkpoint_every: 1000,
             log_every: 10,
             workers: 2,
+            side_by_side: 1,
             token: st(10, 64),
             phrase: st(20, 128),
             sentence: st(20, 128),
@@ -388,6 +397,9 @@ impl PretrainPreset {
         if self.accumulation == 0 {
             return bad("accumulation", "must be ≥ 1");
         }
+        if !(1..=self.accumulation).contains(&self.side_by_side) {
+            return bad("side_by_side", "must lie in [1, accumulation]");
+        }
         if self.checkpoint_every == 0 || self.log_every == 0 {
             return bad("checkpoint_every/log_every", "must be ≥ 1");
         }
@@ -451,6 +463,17 @@ fn preset_field(field: &str) -> &str {
         "hidden_dropout_prob" | "attention_probs_dropout_prob" => "dropout",
         other => other,
     }
+}
+
+/// `side_by_side`'s default: micro-batches one after the other.
+fn one() -> usize {
+    1
+}
+
+/// Whether `side_by_side` is the default (left out of a run's `config.toml`, which then
+/// matches one written before the option existed).
+fn is_one(n: &usize) -> bool {
+    *n == 1
 }
 
 fn default_variant() -> String {
@@ -757,6 +780,25 @@ sentence = { epochs = 1, batch_size = 8, max_steps = 3 }
         let e = Preset::from_toml_str(&bad, Path::new("p.toml"));
         assert!(
             matches!(&e, Err(CurriculumError::Toml { path, message }) if path == Path::new("p.toml") && message.contains("pretrain.lr")),
+            "{e:?}"
+        );
+        // Micro-batches side by side: 1 unless set, at most `accumulation`.
+        assert_eq!(
+            Preset::from_toml_str(good, Path::new("p.toml"))
+                .unwrap()
+                .pretrain
+                .side_by_side,
+            1
+        );
+        let two = good.replace("workers = 1", "workers = 1\nside_by_side = 2");
+        let p = Preset::from_toml_str(
+            &two.replace("accumulation = 1", "accumulation = 2"),
+            Path::new("p.toml"),
+        );
+        assert_eq!(p.unwrap().pretrain.side_by_side, 2);
+        let e = Preset::from_toml_str(&two, Path::new("p.toml"));
+        assert!(
+            matches!(&e, Err(CurriculumError::Toml { message, .. }) if message.contains("pretrain.side_by_side")),
             "{e:?}"
         );
         let bad = good.replace("hidden_size = 64", "hidden_size = 66");

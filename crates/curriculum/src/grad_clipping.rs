@@ -4,6 +4,8 @@ use candle_core::backprop::GradStore;
 use candle_core::{DType, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
+use msp_model::{sum_gradients, take_gradients};
+
 use crate::error::Result;
 
 /// Clipping by the global L2 norm of all gradients (PyTorch `clip_grad_norm_`).
@@ -59,26 +61,48 @@ impl GradClipping {
 }
 
 /// Sums the gradients of `k` micro-batches (then step once, with the loss of each
-/// micro-batch divided by `k` to average).
-#[derive(Debug, Default)]
+/// micro-batch divided by `k` to average). Only the variables' gradients are kept: candle's
+/// `GradStore` holds one for every tensor of a micro-batch's graph, freed as it is added.
+#[derive(Debug)]
 pub struct GradAccumulator {
-    sum: Option<GradStore>,
+    vars: Vec<Tensor>,
+    /// The sum so far, per variable (in `vars`' order); empty before the first micro-batch.
+    sum: Vec<Option<Tensor>>,
     count: usize,
 }
 
 impl GradAccumulator {
-    /// An empty accumulator.
-    pub fn new() -> Self {
-        Self::default()
+    /// An empty accumulator of the gradients of `vars`.
+    pub fn new(vars: &[Var]) -> Self {
+        Self {
+            vars: vars.iter().map(|v| v.as_tensor().clone()).collect(),
+            sum: Vec::new(),
+            count: 0,
+        }
+    }
+
+    /// The variables whose gradients are summed, as tensors (for
+    /// [`msp_model::take_gradients`]).
+    pub fn vars(&self) -> &[Tensor] {
+        &self.vars
     }
 
     /// Adds the gradients of one micro-batch.
     pub fn add(&mut self, grads: GradStore) -> Result<()> {
-        match &mut self.sum {
-            Some(s) => s.extend(grads)?,
-            None => self.sum = Some(grads),
-        }
-        self.count += 1;
+        let part = take_gradients(grads, &self.vars);
+        self.add_side_by_side(vec![part])
+    }
+
+    /// Adds the gradients of micro-batches run side by side, each already reduced to the
+    /// variables' ([`msp_model::take_gradients`] of [`Self::vars`]): the sum so far plus
+    /// each in order, as many micro-batches as parts.
+    pub fn add_side_by_side(&mut self, parts: Vec<Vec<Option<Tensor>>>) -> Result<()> {
+        let n = parts.len();
+        let mut all = Vec::with_capacity(n + 1);
+        all.push(std::mem::take(&mut self.sum));
+        all.extend(parts);
+        self.sum = take_gradients(sum_gradients(all, &self.vars)?, &self.vars);
+        self.count += n;
         Ok(())
     }
 
@@ -87,10 +111,18 @@ impl GradAccumulator {
         self.count
     }
 
-    /// The summed gradients, resetting the accumulator.
+    /// The summed gradients, resetting the accumulator; `None` when nothing was added.
     pub fn take(&mut self) -> Option<GradStore> {
-        self.count = 0;
-        self.sum.take()
+        if std::mem::take(&mut self.count) == 0 {
+            return None;
+        }
+        let mut store = GradStore::default();
+        for (v, g) in self.vars.iter().zip(std::mem::take(&mut self.sum)) {
+            if let Some(g) = g {
+                store.insert(v, g);
+            }
+        }
+        Some(store)
     }
 }
 
@@ -132,7 +164,26 @@ mod tests {
     fn accumulation_sums_micro_batches() -> Result<()> {
         let dev = Device::Cpu;
         let a = Var::new(&[1f32, 2.0], &dev)?;
-        let mut acc = GradAccumulator::new();
+        let b = Var::new(&[5f32], &dev)?;
+        let mut acc = GradAccumulator::new(&[a.clone(), b.clone()]);
+        for k in [1f32, 2.0, 3.0] {
+            let loss = a.as_tensor().affine(f64::from(k), 0.0)?.sum_all()?;
+            acc.add(loss.backward()?)?;
+        }
+        // Two micro-batches side by side: 4·a and 5·a + 2·b.
+        let part = |ka: f64, kb: f64| -> Result<_> {
+            let loss = (a.as_tensor().affine(ka, 0.0)?.sum_all()?
+                + b.as_tensor().affine(kb, 0.0)?.sum_all()?)?;
+            Ok(take_gradients(loss.backward()?, acc.vars()))
+        };
+        let parts = vec![part(4.0, 0.0)?, part(5.0, 2.0)?];
+        acc.add_side_by_side(parts)?;
+        assert_eq!(acc.count(), 5);
+        let sums = acc.take().unwrap();
+        assert_eq!(sums.get(&a).unwrap().to_vec1::<f32>()?, vec![15.0, 15.0]);
+        assert_eq!(sums.get(&b).unwrap().to_vec1::<f32>()?, vec![2.0]);
+        // Only the variables' gradients are kept (the sums' own graph has none).
+        assert_eq!(sums.get_ids().count(), 2);
         for k in [1f32, 2.0, 3.0] {
             let loss = a.as_tensor().affine(f64::from(k), 0.0)?.sum_all()?;
             acc.add(loss.backward()?)?;

@@ -74,6 +74,15 @@ impl PooledSums {
         Ok(())
     }
 
+    /// Adds the sums of other micro-batches.
+    pub(crate) fn merge(&mut self, other: &Self) {
+        for (sum, o) in self.sums.iter_mut().zip(other.sums) {
+            sum.0 += o.0;
+            sum.1 += o.1;
+        }
+        self.factors |= other.factors;
+    }
+
     /// Writes the means over `n` micro-batches as `pooled.abs_mean`, `pooled.batch_std` and,
     /// with two poolers, `pooled.{text,visual}.{abs_mean,batch_std}`.
     pub(crate) fn insert_means(&self, m: &mut serde_json::Map<String, serde_json::Value>, n: f64) {

@@ -7,9 +7,9 @@ use std::time::Instant;
 
 use candle_core::Device;
 use msp_model::ops::GradSink;
-use msp_model::{LoadOptions, Lxmert};
+use msp_model::{run_side_by_side, take_gradients, with_dropout_stream, LoadOptions, Lxmert};
 use msp_tasks::{
-    compute_losses, forward_for_losses, BatchBuilder, BuilderConfig, Example, RngState,
+    compute_losses, forward_for_losses, Batch, BatchBuilder, BuilderConfig, Example, RngState,
 };
 use serde::{Deserialize, Serialize};
 
@@ -22,6 +22,18 @@ use crate::lr_scheduler::LinearWarmupDecay;
 use crate::optim::Optimizer;
 use crate::pooled_stats::PooledSums;
 use crate::run::{files, write_atomic, RunConfig, RunDir, StageState};
+
+/// What one micro-batch's forward and backward leave for the update's metrics.
+struct MicroBatchRun {
+    /// Per task: loss and, where the task has one, accuracy.
+    losses: BTreeMap<String, (f32, Option<f32>)>,
+    /// The weighted total loss.
+    total: f32,
+    /// Statistics of the pooled vector.
+    pooled: PooledSums,
+    /// Examples in the micro-batch.
+    samples: usize,
+}
 
 /// What the trainer reports to its caller (progress bars, tests).
 #[derive(Debug)]
@@ -416,6 +428,38 @@ pub fn pretrain(
         let ckpt_every = cfg.pretrain.checkpoint_every;
         let workers = cfg.pretrain.workers;
         let start_micro = state.micro_batches;
+        let side_by_side = cfg.pretrain.side_by_side.clamp(1, accum as usize);
+        // One micro-batch's forward and backward (loss ÷ accumulation), its dropout drawn
+        // from stream `seed`: the gradients and what the metrics need of it.
+        let micro_batch = |batch: &Batch, seed: u64, step: u64| -> Result<_> {
+            with_dropout_stream(seed, || {
+                // The fused ops write the weight gradients straight into `sink`.
+                let sink = GradSink::new();
+                let (out, losses) = sink.collect(|| -> Result<_> {
+                    let out = forward_for_losses(model.model(), batch, true)?;
+                    let losses = compute_losses(model.model(), &out, batch, &loss_cfg)?;
+                    Ok((out, losses))
+                })?;
+                let total = losses.total.to_scalar::<f32>()?;
+                if !total.is_finite() {
+                    return Err(CurriculumError::NonFinite {
+                        stage: st.name.clone(),
+                        step,
+                        value: total,
+                    });
+                }
+                let grads = sink.backward(&losses.total.affine(1.0 / accum as f64, 0.0)?)?;
+                let mut pooled = PooledSums::default();
+                pooled.add(&out)?;
+                let run = MicroBatchRun {
+                    losses: losses.values()?,
+                    total,
+                    pooled,
+                    samples: batch.len(),
+                };
+                Ok((grads, run))
+            })
+        };
         let outcome = with_loader(
             &plan,
             &builders,
@@ -424,7 +468,7 @@ pub fn pretrain(
             start_micro..total_micro,
             workers,
             |next| -> Result<bool> {
-                let mut acc = GradAccumulator::new();
+                let mut acc = GradAccumulator::new(&vars);
                 let mut sums: BTreeMap<String, (f64, f64, usize)> = BTreeMap::new();
                 let mut total_sum = 0f64;
                 // Sums of the pooled vector's statistics (and of its two factors, LXMERT-S)
@@ -435,40 +479,54 @@ pub fn pretrain(
                 let mut step_samples = 0u64;
                 let mut k = start_micro;
                 let mut last = Instant::now();
-                while let Some(batch) = next() {
-                    let batch = batch?;
-                    // Dropout masks are a function of (stage, micro-batch): a resumed run
-                    // draws the masks the uninterrupted run drew.
-                    model.reseed_dropout(stage_seed ^ k.wrapping_mul(0x9e37_79b9_7f4a_7c15));
-                    // The fused ops write the weight gradients straight into `sink`.
-                    let sink = GradSink::new();
-                    let (out, losses) = sink.collect(|| -> Result<_> {
-                        let out = forward_for_losses(model.model(), &batch, true)?;
-                        let losses = compute_losses(model.model(), &out, &batch, &loss_cfg)?;
-                        Ok((out, losses))
-                    })?;
-                    let total = losses.total.to_scalar::<f32>()?;
-                    if !total.is_finite() {
-                        return Err(CurriculumError::NonFinite {
-                            stage: st.name.clone(),
-                            step: state.step,
-                            value: total,
-                        });
-                    }
-                    let grads = sink.backward(&losses.total.affine(1.0 / accum as f64, 0.0)?)?;
-                    acc.add(grads)?;
-                    for (name, (l, a)) in losses.values()? {
-                        let e = sums.entry(name).or_insert((0.0, 0.0, 0));
-                        e.0 += f64::from(l);
-                        if let Some(a) = a {
-                            e.1 += f64::from(a);
-                            e.2 += 1;
+                let mut group = Vec::with_capacity(side_by_side);
+                loop {
+                    // The next micro-batches to run together, none past the update's end.
+                    group.clear();
+                    let room = side_by_side.min(accum as usize - acc.count());
+                    while group.len() < room {
+                        match next() {
+                            Some(batch) => group.push(batch?),
+                            None => break,
                         }
                     }
-                    total_sum += f64::from(total);
-                    pooled_sum.add(&out)?;
-                    step_samples += batch.len() as u64;
-                    k += 1;
+                    if group.is_empty() {
+                        break;
+                    }
+                    // Dropout masks are a function of (stage, micro-batch): a resumed run
+                    // draws the masks the uninterrupted run drew.
+                    let seed =
+                        |i: usize| stage_seed ^ (k + i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+                    let runs = if let [batch] = group.as_slice() {
+                        let (grads, run) = micro_batch(batch, seed(0), state.step)?;
+                        acc.add(grads)?;
+                        vec![run]
+                    } else {
+                        let vars = acc.vars();
+                        let done = run_side_by_side(group.len(), |i| {
+                            micro_batch(&group[i], seed(i), state.step)
+                                .map(|(grads, run)| (take_gradients(grads, vars), run))
+                        })?
+                        .into_iter()
+                        .collect::<Result<Vec<_>>>()?;
+                        let (parts, runs): (Vec<_>, Vec<_>) = done.into_iter().unzip();
+                        acc.add_side_by_side(parts)?;
+                        runs
+                    };
+                    for run in runs {
+                        for (name, (l, a)) in run.losses {
+                            let e = sums.entry(name).or_insert((0.0, 0.0, 0));
+                            e.0 += f64::from(l);
+                            if let Some(a) = a {
+                                e.1 += f64::from(a);
+                                e.2 += 1;
+                            }
+                        }
+                        total_sum += f64::from(run.total);
+                        pooled_sum.merge(&run.pooled);
+                        step_samples += run.samples as u64;
+                    }
+                    k += group.len() as u64;
                     if acc.count() as u64 == accum || k == total_micro {
                         let n = acc.count() as f64;
                         let Some(g) = acc.take() else { continue };
