@@ -31,8 +31,7 @@ struct Cli {
     precision: msp_model::ops::Precision,
     /// Keep denormal floats (|x| < 1.18e-38) instead of flushing them to zero (x86-64's FTZ
     /// and DAZ modes, PyTorch's `torch.set_flush_denormal(True)`). On Intel cores each
-    /// denormal costs a microcode assist: the small preset's sentence-stage step ran 8×
-    /// slower keeping them (msp_model::ops::set_flush_denormals).
+    /// denormal costs a microcode assist (msp_model::ops::set_flush_denormals).
     #[arg(long, global = true)]
     keep_denormals: bool,
 }

@@ -44,10 +44,9 @@
 //! **Speed on a CPU.** A micro-batch's matrix products are split between the threads of the
 //! current rayon pool; `[pretrain] side_by_side = N` instead runs N of an update's
 //! `accumulation` micro-batches at once, one thread each (the same update up to rounding;
-//! small configs on 2 cores, +14–29 % in the trainer). On x86-64, let the pool's threads
+//! small configs on 2 cores, +14–29 % in the trainer). On x86-64 the pool's threads may
 //! flush denormal floats to zero ([`msp_model::ops::set_flush_denormals`], as `cargo xtask`
-//! does on each of its threads): keeping them, an Intel Xeon ran the small preset's
-//! sentence stage 8× slower.
+//! does on each of its threads): on Intel cores each denormal costs a microcode assist.
 //!
 //! ```
 //! use msp_curriculum::{LinearWarmupDecay, PretrainPreset, Schedule, TextSource};

@@ -2,12 +2,13 @@
 //! denormals-are-zero (DAZ) modes, which PyTorch sets with `torch.set_flush_denormal(True)`.
 //!
 //! An f32 with |x| < 2⁻¹²⁶ ≈ 1.18e-38 is denormal. On Intel cores an instruction that reads or
-//! produces one takes a microcode assist of about a hundred cycles, and a training step's
-//! gradients can hold many of them (tiny products of saturated softmax or tanh derivatives).
-//! The small preset's sentence-stage step (`bench train --config small`, batch 32, 2 threads,
-//! an Intel Xeon VM with AVX-512) ran 14.7 samples/s keeping denormals and 116 flushing them,
-//! its backward 2.05 → 0.17 s; the random-batch paper workload did not change. AMD's Zen
-//! cores handle most denormals without an assist. Other architectures keep denormals here.
+//! produces one takes a microcode assist of about a hundred cycles; AMD's Zen cores handle
+//! most without one. When this crate's `exp` still gave masked attention scores a probability
+//! of ≈ 10⁻³⁸ instead of 0, the small preset's sentence-stage step (`bench train --config
+//! small`, batch 32, 2 threads, an Intel Xeon VM with AVX-512) ran 14.7 samples/s keeping
+//! denormals and 116 flushing them. The kernels no longer make denormals of their own (both
+//! modes now run at the same speed); flushing guards against those a model or its data makes
+//! (underflowing gradients, saturated activations). Other architectures keep denormals here.
 //!
 //! The mode belongs to a thread: `xtask` sets it on its threads (and
 //! [`crate::run_side_by_side`] runs the micro-batches in the caller's mode).
