@@ -38,8 +38,10 @@
 //! epoch is kept; the learning rate factor is evaluated before the update counter increments
 //! for both optimisers (so the first update has lr 0 with warm-up, as LXMERT); a variable with
 //! no gradient in a stage (a head the stage does not train) is not updated, not even by weight
-//! decay (PyTorch skips `grad is None`); dropout's RNG is not part of the saved state, so a
-//! resumed run is statistically, not bitwise, identical to an uninterrupted one.
+//! decay (PyTorch skips `grad is None`). Dropout draws from a stream seeded by the stage and
+//! the micro-batch index, so a resumed stage redoes the updates since its last checkpoint
+//! with the same batches and masks and ends with the uninterrupted run's weights, bit for bit
+//! on the same machine and thread count (test `a_resumed_stage_ends_with_the_uninterrupted_weights`).
 //!
 //! **Speed on a CPU.** A micro-batch's matrix products are split between the threads of the
 //! current rayon pool; `[pretrain] side_by_side = N` instead runs N of an update's

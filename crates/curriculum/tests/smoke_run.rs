@@ -328,3 +328,46 @@ fn micro_batches_side_by_side_make_the_same_updates() {
     }
     assert!(compared > 10);
 }
+
+#[test]
+fn a_resumed_stage_ends_with_the_uninterrupted_weights() {
+    let tmp = tempfile::tempdir().unwrap();
+    let w = world(tmp.path());
+    let mut preset = Preset::load(&presets(), "smoke").unwrap();
+    preset.pretrain.sentence.max_steps = Some(5);
+    let data = PretrainData::open(w.dir(), preset.pretrain.phrase_max_words).unwrap();
+    let cfg = resolve_config("smoke", &preset, &"S".parse().unwrap(), &[], 9, &data).unwrap();
+    let dev = candle_core::Device::Cpu;
+    let weights = |run: &RunDir| {
+        candle_core::safetensors::load(run.stage_dir(0, "sentence").join(files::CHECKPOINT), &dev)
+            .unwrap()
+    };
+    let whole = RunDir::new(tmp.path().join("whole"));
+    pretrain(
+        &cfg,
+        &data,
+        &whole,
+        &dev,
+        &mut |_| ControlFlow::Continue(()),
+    )
+    .unwrap();
+    // Stopped after update 3: resumes from the checkpoint of update 2 (checkpoint_every = 2).
+    let resumed = RunDir::new(tmp.path().join("resumed"));
+    let out = pretrain(&cfg, &data, &resumed, &dev, &mut |e| match e {
+        Event::Step { step: 3, .. } => ControlFlow::Break(()),
+        _ => ControlFlow::Continue(()),
+    })
+    .unwrap();
+    assert_eq!(out, RunOutcome::Stopped);
+    pretrain(&cfg, &data, &resumed, &dev, &mut |_| {
+        ControlFlow::Continue(())
+    })
+    .unwrap();
+    let (a, b) = (weights(&whole), weights(&resumed));
+    assert_eq!(a.len(), b.len());
+    for (name, t) in &a {
+        let (x, y) = (t.flatten_all().unwrap(), b[name].flatten_all().unwrap());
+        let d = (x - y).unwrap().abs().unwrap().max(0).unwrap();
+        assert_eq!(d.to_scalar::<f32>().unwrap(), 0.0, "{name}");
+    }
+}
