@@ -11,8 +11,8 @@ use std::time::Instant;
 use candle_core::{Device, Tensor};
 use msp_model::ops::GradSink;
 use msp_model::{
-    pretraining_loss, run_side_by_side, sum_gradients, take_gradients, with_dropout_stream, Config,
-    Lxmert, SyntheticBatch, Variant,
+    gradient_store, pretraining_loss, run_side_by_side, sum_gradients, take_gradients,
+    with_dropout_stream, Config, Lxmert, SyntheticBatch, Variant,
 };
 use msp_tasks::{compute_losses, forward_for_losses, Batch, LossConfig};
 use serde::Serialize;
@@ -152,7 +152,7 @@ fn time_steps<T: Sync>(
             .collect::<Result<Vec<_>>>()?;
             let t2 = done.iter().map(|d| d.0).max().unwrap_or(t1);
             let stores = done.into_iter().map(|d| d.1).collect();
-            (t2, sum_gradients(stores, &vars)?)
+            (t2, gradient_store(&vars, sum_gradients(stores, &vars)?))
         };
         let t3 = Instant::now();
         opt.step(&grads, 1e-5, 1.0)?;

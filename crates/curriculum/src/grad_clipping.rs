@@ -4,7 +4,7 @@ use candle_core::backprop::GradStore;
 use candle_core::{DType, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
-use msp_model::{sum_gradients, take_gradients};
+use msp_model::{gradient_store, sum_gradients, take_gradients};
 
 use crate::error::Result;
 
@@ -101,7 +101,7 @@ impl GradAccumulator {
         let mut all = Vec::with_capacity(n + 1);
         all.push(std::mem::take(&mut self.sum));
         all.extend(parts);
-        self.sum = take_gradients(sum_gradients(all, &self.vars)?, &self.vars);
+        self.sum = sum_gradients(all, &self.vars)?;
         self.count += n;
         Ok(())
     }
@@ -116,13 +116,7 @@ impl GradAccumulator {
         if std::mem::take(&mut self.count) == 0 {
             return None;
         }
-        let mut store = GradStore::default();
-        for (v, g) in self.vars.iter().zip(std::mem::take(&mut self.sum)) {
-            if let Some(g) = g {
-                store.insert(v, g);
-            }
-        }
-        Some(store)
+        Some(gradient_store(&self.vars, std::mem::take(&mut self.sum)))
     }
 }
 

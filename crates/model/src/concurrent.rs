@@ -84,9 +84,13 @@ pub fn take_gradients(mut store: GradStore, vars: &[Tensor]) -> Vec<Option<Tenso
 
 /// The gradients of the micro-batches of one step ([`take_gradients`] of each, in order)
 /// summed per variable (`g₀ + g₁ + …`, in parallel over the variables on the current rayon
-/// pool). A variable without a gradient in any part has none in the result.
-pub fn sum_gradients(parts: Vec<Vec<Option<Tensor>>>, vars: &[Tensor]) -> Result<GradStore> {
-    let sums: Vec<Option<Tensor>> = (0..vars.len())
+/// pool), in `vars`' order. A variable without a gradient in any part has none in the result;
+/// [`gradient_store`] makes the store an optimiser reads.
+pub fn sum_gradients(
+    parts: Vec<Vec<Option<Tensor>>>,
+    vars: &[Tensor],
+) -> Result<Vec<Option<Tensor>>> {
+    (0..vars.len())
         .into_par_iter()
         .map(|v| {
             let mut grads = parts
@@ -97,14 +101,19 @@ pub fn sum_gradients(parts: Vec<Vec<Option<Tensor>>>, vars: &[Tensor]) -> Result
             };
             grads.try_fold(first.clone(), |sum, g| sum.add(g)).map(Some)
         })
-        .collect::<Result<_>>()?;
-    let mut out = GradStore::default();
-    for (v, sum) in vars.iter().zip(sums) {
-        if let Some(sum) = sum {
-            out.insert(v, sum);
+        .collect()
+}
+
+/// The gradients `grads` of `vars` (in their order, `None`: no gradient) as candle's
+/// `GradStore`.
+pub fn gradient_store(vars: &[Tensor], grads: Vec<Option<Tensor>>) -> GradStore {
+    let mut store = GradStore::default();
+    for (v, g) in vars.iter().zip(grads) {
+        if let Some(g) = g {
+            store.insert(v, g);
         }
     }
-    Ok(out)
+    store
 }
 
 #[cfg(test)]

@@ -81,7 +81,7 @@ pub use checkpoint::{
     read_safetensors, save_varmap, write_safetensors, BertSource, DtypeMismatch, LoadOptions,
     LoadReport, ShapeMismatch, TIED_DECODER_KEY,
 };
-pub use concurrent::{run_side_by_side, sum_gradients, take_gradients};
+pub use concurrent::{gradient_store, run_side_by_side, sum_gradients, take_gradients};
 pub use config::{Config, Variant};
 pub use error::{ModelError, Result};
 pub use heads::{

@@ -10,14 +10,10 @@ use msp_model::{
 };
 
 /// The largest |a − b| over all variables, and the largest |a|.
-fn max_difference(
-    vars: &[Tensor],
-    a: &candle_core::backprop::GradStore,
-    b: &candle_core::backprop::GradStore,
-) -> (f32, f32) {
+fn max_difference(vars: &[Tensor], a: &[Option<Tensor>], b: &[Option<Tensor>]) -> (f32, f32) {
     let (mut diff, mut scale) = (0f32, 0f32);
-    for v in vars {
-        let (Some(x), Some(y)) = (a.get(v), b.get(v)) else {
+    for ((v, a), b) in vars.iter().zip(a).zip(b) {
+        let (Some(x), Some(y)) = (a, b) else {
             panic!("a variable {:?} has a gradient in one store only", v.dims())
         };
         let x: Vec<f32> = x.flatten_all().unwrap().to_vec1().unwrap();
